@@ -1,0 +1,148 @@
+"""The `nas` command line: ``nas search`` and friends; user mistakes exit with code 2 and one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from search_spaces.base import UserInputError
+
+app = typer.Typer(
+    add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Neural architecture search."
+)
+err = Console(stderr=True)
+out = Console()
+
+# The quick start: `nas search --space nasnet` with nothing else trains every candidate on real CIFAR-10
+# images and finishes in a few minutes on 2 CPU cores (measured in BENCHMARKS.md).
+QUICK_TRAIN = {"epochs": 1, "train_images": 2000, "val_images": 1000, "batch_size": 64}
+QUICK_NETWORK = {"nasnet": {"channels": 8, "layers": 1}, "darts": {"channels": 8, "layers": 1}}
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
+
+@app.command()
+def search(
+    space: Annotated[str | None, typer.Option(help="Search space: nasnet, darts, nb201.")] = None,
+    evaluator: Annotated[str | None, typer.Option(help="train (CIFAR-10) or table (NB201 ground truth).")] = None,
+    objectives: Annotated[str | None, typer.Option(help="Comma list of NAME:max|min.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials to finish (completed or failed).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampler seed.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="nsga2, tpe or random.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory; an existing one is resumed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume --run-dir, or the latest run of the space.")] = False,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: journal in run dir).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any of these settings.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train: epochs per candidate.")] = None,
+    train_images: Annotated[int | None, typer.Option(help="train: training images per candidate.")] = None,
+    val_images: Annotated[int | None, typer.Option(help="train: validation images.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="train: batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="train: peak learning rate.")] = None,
+    channels: Annotated[int | None, typer.Option(help="Initial channels of built networks.")] = None,
+    layers: Annotated[int | None, typer.Option(help="nasnet: normal cells per stage (N).")] = None,
+    device: Annotated[str | None, typer.Option(help="train: auto, cpu or cuda.")] = None,
+) -> None:
+    """Run (or resume) a multi-objective architecture search; writes the Pareto front to the run directory."""
+    from nas.search import Search, SearchConfig, latest_run_dir, load_config_file
+
+    data: dict[str, Any] = load_config_file(config) if config else {}
+    given = {
+        "space": space,
+        "evaluator": evaluator,
+        "objectives": objectives,
+        "trials": trials,
+        "seed": seed,
+        "sampler": sampler,
+        "storage": storage,
+        "run_dir": str(run_dir) if run_dir else None,
+        "data_dir": str(data_dir) if data_dir else None,
+    }
+    data.update({k: v for k, v in given.items() if v is not None})
+    cfg = SearchConfig.from_dict(data, source=str(config) if config else "options")
+    flags = {
+        "epochs": epochs,
+        "train_images": train_images,
+        "val_images": val_images,
+        "batch_size": batch_size,
+        "lr": lr,
+        "channels": channels,
+        "layers": layers,
+        "device": device,
+    }
+    cfg.evaluator_options = {
+        **(QUICK_TRAIN if cfg.evaluator == "train" else {}),
+        **(QUICK_NETWORK.get(cfg.space, {}) if cfg.evaluator == "train" else {}),
+        **cfg.evaluator_options,
+        **{k: v for k, v in flags.items() if v is not None},
+    }
+    if resume:
+        if cfg.run_dir is None:
+            latest = latest_run_dir(cfg.space)
+            if latest is None:
+                raise UserInputError(f"--resume: no earlier run of space {cfg.space!r} under runs/")
+            cfg.run_dir = str(latest)
+        elif not (Path(cfg.run_dir) / "config.yaml").exists():
+            raise UserInputError(f"--resume: {cfg.run_dir} holds no search to resume")
+    job = Search(cfg)
+    _run_with_progress(job)
+
+
+def _run_with_progress(job: Any) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err.print(f"run dir: {job.run_dir}")
+    with Progress(
+        TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
+        console=err,
+    ) as progress:
+        task = progress.add_task("search", total=job.cfg.trials, last="")
+
+        def on_trial(trial: Any, done: int, total: int) -> None:
+            last = ""
+            if trial is not None:
+                values = trial.values or []
+                last = f"trial {trial.number} {trial.state.name.lower()} " + " ".join(f"{v:.4g}" for v in values)
+            progress.update(task, completed=min(done, total), last=last)
+
+        result = job.run(on_trial)
+    _print_pareto(result, job)
+
+
+def _print_pareto(result: Any, job: Any) -> None:
+    names = [n for n, _ in job.objectives]
+    extra = sorted({k for m in result.pareto for k in m.metrics if k.startswith("test_accuracy")})
+    table = Table(title=f"Pareto front: {len(result.pareto)} of {result.completed} completed ({result.failed} failed)")
+    for col in ["trial", *names, *extra]:
+        table.add_column(col, justify="right")
+    table.add_column("architecture", overflow="fold", ratio=1)
+    for m in sorted(result.pareto, key=lambda m: m.metrics[names[0]]):
+        cells = [f"{m.metrics[k]:.4g}" if k in m.metrics else "" for k in [*names, *extra]]
+        table.add_row(str(m.trial), *cells, m.arch)
+    out.print(table)
+    out.print(f"outputs in {result.run_dir}: pareto.json, pareto.png, pareto/*.onnx, trials.csv")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        app()
+    except UserInputError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: completed trials are kept; run the same command to resume")
+        sys.exit(130)

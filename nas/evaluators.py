@@ -1,0 +1,232 @@
+"""Evaluators by name: ``make_evaluator("train" | "table", ...)``; each maps an architecture to metrics.
+
+An evaluator is built from plain configuration (names and numbers), so a worker process can rebuild it.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from nas.train import Diverged, TrainConfig, evaluate_accuracy, resolve_device, train_model
+from search_spaces import SearchSpace, get_space
+from search_spaces.base import UserInputError
+
+
+class TrialFailed(RuntimeError):
+    """The evaluation of one architecture failed for a reason worth recording (e.g. divergence)."""
+
+
+class Evaluator(Protocol):
+    metrics: tuple[str, ...]  # what evaluate() returns; objectives are chosen among these
+
+    def evaluate(self, arch: Any) -> dict[str, float]: ...
+
+    def final_metrics(self, arch: Any) -> dict[str, float]:
+        """Figures reported for Pareto members only (test accuracy): never used for search decisions."""
+        ...
+
+    def model(self, arch: Any) -> nn.Module:
+        """The network to export for a Pareto member (trained weights where there are any)."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Evaluator]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Evaluator]], Callable[..., Evaluator]]:
+    def deco(factory: Callable[..., Evaluator]) -> Callable[..., Evaluator]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def evaluator_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_evaluator(name: str, space: SearchSpace[Any], **options: Any) -> Evaluator:
+    if name not in _REGISTRY:
+        raise UserInputError(f"unknown evaluator {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](space, **options)
+
+
+def _arch_key(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+BUILD_KEYS = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary", "num_classes")
+
+
+@register("train")
+class TrainEvaluator:
+    """Train each candidate on a CIFAR-10 subset; report validation accuracy, params, FLOPs, CPU latency."""
+
+    metrics = ("accuracy", "params", "flops", "latency_ms", "train_seconds", "train_loss")
+
+    def __init__(
+        self,
+        space: SearchSpace[Any],
+        *,
+        data_dir: str | None = None,
+        artifacts_dir: str | None = None,
+        **options: Any,
+    ) -> None:
+        from nas.data import load_cifar10
+
+        self.space = space
+        self.build_options = {k: options.pop(k) for k in BUILD_KEYS if k in options}
+        train_keys = set(TrainConfig.__dataclass_fields__)
+        unknown = sorted(set(options) - train_keys)
+        if unknown:
+            valid = ", ".join(sorted(train_keys | set(BUILD_KEYS)))
+            raise UserInputError(f"unknown train evaluator option {unknown[0]!r}; valid: {valid}")
+        self.config = TrainConfig(**options)
+        self.data = load_cifar10(data_dir)
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        self.build(space.sample(random.Random(0)))  # bad build options fail here, not mid-run
+
+    def build(self, arch: Any) -> nn.Module:
+        torch.manual_seed(self.config.seed)
+        return self.space.build(arch, **self.build_options)
+
+    def evaluate(self, arch: Any) -> dict[str, float]:
+        from nas.profile import count_flops, count_params, measure_latency_ms
+
+        model = self.build(arch)
+        shape = self.space.input_shape
+        metrics = {
+            "params": float(count_params(model)),
+            "flops": float(count_flops(model, shape)),
+            "latency_ms": measure_latency_ms(model, shape),
+        }
+        try:
+            result = train_model(model, self.data, self.config)
+        except Diverged as exc:
+            raise TrialFailed(f"diverged: {exc}") from exc
+        metrics.update(accuracy=result.val_accuracy, train_seconds=result.seconds, train_loss=result.train_loss)
+        if self.artifacts_dir is not None:
+            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            path = self.artifacts_dir / f"{_arch_key(self.space.encode(arch))}.pt"
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save(model.cpu().state_dict(), tmp)
+            tmp.replace(path)
+        return metrics
+
+    def model(self, arch: Any) -> nn.Module:
+        model = self.build(arch)
+        if self.artifacts_dir is not None:
+            path = self.artifacts_dir / f"{_arch_key(self.space.encode(arch))}.pt"
+            if path.exists():
+                model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+
+    def final_metrics(self, arch: Any) -> dict[str, float]:
+        """Test accuracy on the full 10,000-image CIFAR-10 test set, from the weights saved by evaluate()."""
+        if self.artifacts_dir is None:
+            return {}
+        path = self.artifacts_dir / f"{_arch_key(self.space.encode(arch))}.pt"
+        if not path.exists():
+            return {}
+        model = self.model(arch).to(resolve_device(self.config.device))
+        return {"test_accuracy": evaluate_accuracy(model, self.data.test_x, self.data.test_y)}
+
+
+TABLE_COLUMNS = {
+    "accuracy": "nb201v11_cifar10valid_valid_acc",  # CIFAR-10 validation accuracy, 200 epochs
+    "test_accuracy": "nb201v11_cifar10_test_acc",  # CIFAR-10 test accuracy (train+valid), 200 epochs
+    "test_accuracy_cifar100": "nats_cifar100_test",
+    "test_accuracy_imagenet16": "nats_imagenet16_test",
+}
+DEFAULT_LATENCY = "lat_gold_6240_ms"  # a Xeon Gold 6240 CPU, batch 1
+
+
+@functools.lru_cache(maxsize=4)
+def load_nb201_table(path: str) -> dict[str, dict[str, float]]:
+    """The NAS-Bench-201 table as {arch_str: {column: value}} (NaN where the source has no value)."""
+    table: dict[str, dict[str, float]] = {}
+    try:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                arch = row.pop("arch_str")
+                row.pop("iso_unique_str", None)
+                table[arch] = {k: float(v) if v != "" else math.nan for k, v in row.items()}
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserInputError(f"cannot read the NB201 table {path}: {exc}") from exc
+    if len(table) != 15625:
+        raise UserInputError(f"NB201 table {path} has {len(table)} cells, expected 15625")
+    return table
+
+
+@register("table")
+class TableEvaluator:
+    """NAS-Bench-201 ground truth from ``nb201/nb201.csv`` in the data directory: a full search in seconds."""
+
+    def __init__(
+        self,
+        space: SearchSpace[Any],
+        *,
+        data_dir: str | None = None,
+        table: str | None = None,
+        latency: str = DEFAULT_LATENCY,
+        with_flops: bool = False,
+        artifacts_dir: str | None = None,
+        **unknown: Any,
+    ) -> None:
+        from nas.data import DataError, resolve_data_dir
+
+        if unknown:
+            raise UserInputError(
+                f"unknown table evaluator option {sorted(unknown)[0]!r}; valid: table, latency, with_flops"
+            )
+        if space.name != "nb201":
+            raise UserInputError(f"evaluator 'table' needs --space nb201, not {space.name!r}")
+        path = Path(table) if table else resolve_data_dir(data_dir) / "nb201" / "nb201.csv"
+        if not path.is_file():
+            raise DataError(f"NB201 table not found: {path}")
+        self.space = space
+        self.table = load_nb201_table(str(path))
+        some_row = next(iter(self.table.values()))
+        if latency not in some_row:
+            lats = ", ".join(k for k in some_row if k.startswith("lat_"))
+            raise UserInputError(f"unknown NB201 latency column {latency!r}; valid: {lats}")
+        self.latency = latency
+        self.with_flops = with_flops
+        lat_cols = tuple(k for k in some_row if k.startswith("lat_"))
+        self.metrics = ("accuracy", "params", "latency_ms", *(("flops",) if with_flops else ()), *lat_cols)
+
+    def row(self, arch: Any) -> dict[str, float]:
+        return self.table[self.space.encode(arch)]
+
+    def evaluate(self, arch: Any) -> dict[str, float]:
+        row = self.row(arch)
+        metrics = {
+            "accuracy": row[TABLE_COLUMNS["accuracy"]],
+            "params": row["params_M"] * 1e6,
+            "latency_ms": row[self.latency],
+            "nb201_index": row["nb201_index"],
+        }
+        metrics.update({k: v for k, v in row.items() if k.startswith("lat_")})
+        if self.with_flops:
+            from nas.profile import count_flops
+
+            metrics["flops"] = float(count_flops(self.model(arch), self.space.input_shape))
+        return metrics
+
+    def final_metrics(self, arch: Any) -> dict[str, float]:
+        row = self.row(arch)
+        return {k: row[col] for k, col in TABLE_COLUMNS.items() if k != "accuracy"}
+
+    def model(self, arch: Any) -> nn.Module:
+        torch.manual_seed(0)
+        return self.space.build(arch).eval()

@@ -1,0 +1,69 @@
+"""Cost of a network: parameters, multiply-accumulates of Conv/Linear layers, and measured CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of Conv2d and Linear layers for one input (batch 1), as NAS-Bench-201 counts FLOPs.
+
+    Counted on the inference graph (eval mode), so auxiliary heads that only run in training are excluded.
+    """
+    total = 0
+
+    def conv_hook(module: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(module, nn.Conv2d)
+        k = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
+        total += out.numel() * k
+
+    def linear_hook(module: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(module, nn.Linear)
+        total += out.numel() * module.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
+def measure_latency_ms(
+    model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20, warmup: int = 3
+) -> float:
+    """Median wall time in milliseconds of one batch-1 forward pass on the CPU, in eval mode."""
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, *input_shape)
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                start = time.perf_counter()
+                model(x)
+                if i >= warmup:
+                    times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)

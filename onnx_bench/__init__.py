@@ -1,0 +1,1 @@
+"""Architectures as ONNX: export with checks."""

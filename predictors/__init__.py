@@ -1,0 +1,1 @@
+"""Scoring without training (predictors and proxies), filled in by later issues."""
