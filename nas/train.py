@@ -138,5 +138,5 @@ def evaluate_accuracy(
         for i in range(0, len(x_uint8), batch_size):
             xb = normalize(x_uint8[i : i + batch_size]).to(device)
             pred = model(xb).argmax(dim=1).cpu()
-            correct += int((pred == torch.as_tensor(y[i : i + batch_size])).sum())
+            correct += int((pred == torch.tensor(y[i : i + batch_size])).sum())
     return 100.0 * correct / len(x_uint8)
