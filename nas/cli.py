@@ -15,7 +15,10 @@ from rich.table import Table
 from search_spaces.base import UserInputError
 
 app = typer.Typer(
-    add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Neural architecture search."
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Neural architecture search.",
 )
 err = Console(stderr=True)
 out = Console()
@@ -27,7 +30,9 @@ QUICK_NETWORK = {"nasnet": {"channels": 8, "layers": 1}, "darts": {"channels": 8
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     import optuna
 
@@ -101,12 +106,45 @@ def search(
     _run_with_progress(job)
 
 
+@app.command()
+def evaluate(
+    space: Annotated[str, typer.Option(help="Search space: nasnet, darts, nb201.")],
+    arch: Annotated[str, typer.Option(help="Encoded architecture (the space's canonical string).")],
+    evaluator: Annotated[str, typer.Option(help="train or table.")] = "train",
+    config: Annotated[Path | None, typer.Option(help="YAML file with evaluator_options.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
+) -> None:
+    """Evaluate one architecture and print its metrics as JSON."""
+    import json
+
+    from nas.evaluators import TrialFailed, make_evaluator
+    from nas.search import load_config_file
+    from search_spaces import get_space
+
+    search_space = get_space(space)
+    decoded = search_space.decode(arch)
+    options = load_config_file(config).get("evaluator_options", {}) if config else {}
+    if evaluator == "train":
+        options = {**QUICK_TRAIN, **QUICK_NETWORK.get(space, {}), **options}
+    job = make_evaluator(evaluator, search_space, data_dir=str(data_dir) if data_dir else None, **options)
+    try:
+        metrics = job.evaluate(decoded)
+    except TrialFailed as exc:
+        err.print(f"evaluation failed: {exc}", markup=False)
+        raise typer.Exit(1) from exc
+    out.print_json(json.dumps({"space": space, "arch": search_space.encode(decoded), "metrics": metrics}))
+
+
 def _run_with_progress(job: Any) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err.print(f"run dir: {job.run_dir}")
     with Progress(
-        TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
+        TextColumn("[bold]search"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
         console=err,
     ) as progress:
         task = progress.add_task("search", total=job.cfg.trials, last="")

@@ -98,9 +98,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return path.resolve()
 
 
-def ensure_cifar10(
-    root: Path, *, url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5, progress: bool = True
-) -> Path:
+def ensure_cifar10(root: Path, *, url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5, progress: bool = True) -> Path:
     """Return ``root / "cifar-10-batches-py"``, downloading and extracting the archive only if it is absent.
 
     A folder that already holds all seven batch files is used as it is, without checksums: copies rebuilt
@@ -249,9 +247,7 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _load_label_names(path: Path) -> tuple[str, ...]:
     meta = load_pickle_restricted(path)
     names = meta.get(b"label_names") if isinstance(meta, dict) else None
-    if not (
-        isinstance(names, list) and len(names) == NUM_CLASSES and all(isinstance(n, bytes) for n in names)
-    ):
+    if not (isinstance(names, list) and len(names) == NUM_CLASSES and all(isinstance(n, bytes) for n in names)):
         raise DataError(f"{path} is not CIFAR-10 metadata: b'label_names' must be a list of 10 byte strings")
     return tuple(n.decode() for n in names)
 
@@ -267,9 +263,7 @@ class Cifar10:
     classes: tuple[str, ...]
 
 
-def load_cifar10(
-    data_dir: str | Path | None = None, *, download: bool = True, progress: bool = True
-) -> Cifar10:
+def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True, progress: bool = True) -> Cifar10:
     """Load CIFAR-10 from the resolved data directory (see ``resolve_data_dir``), downloading it if allowed.
 
     The arrays are cached per directory for the life of the process, so repeated calls are free.

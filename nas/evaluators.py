@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nas.train import Diverged, TrainConfig, evaluate_accuracy, resolve_device, train_model
-from search_spaces import SearchSpace, get_space
+from search_spaces import SearchSpace
 from search_spaces.base import UserInputError
 
 
@@ -72,7 +72,7 @@ BUILD_KEYS = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary",
 class TrainEvaluator:
     """Train each candidate on a CIFAR-10 subset; report validation accuracy, params, FLOPs, CPU latency."""
 
-    metrics = ("accuracy", "params", "flops", "latency_ms", "train_seconds", "train_loss")
+    metrics: tuple[str, ...] = ("accuracy", "params", "flops", "latency_ms", "train_seconds", "train_loss")
 
     def __init__(
         self,

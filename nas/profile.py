@@ -49,9 +49,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def measure_latency_ms(
-    model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20, warmup: int = 3
-) -> float:
+def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time in milliseconds of one batch-1 forward pass on the CPU, in eval mode."""
     was_training = model.training
     model.eval()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import optuna.storages.journal
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
@@ -220,7 +221,9 @@ class Search:
             onnx_path = self.run_dir / "pareto" / f"trial_{t.number:04d}.onnx"
             if not onnx_path.exists():
                 export_onnx(self.evaluator.model(arch), onnx_path, self.space.input_shape)
-            members.append(ParetoMember(t.number, t.user_attrs["arch"], metrics, str(onnx_path.relative_to(self.run_dir))))
+            members.append(
+                ParetoMember(t.number, t.user_attrs["arch"], metrics, str(onnx_path.relative_to(self.run_dir)))
+            )
         payload = {
             "objectives": [f"{n}:{d}" for n, d in self.objectives],
             "members": [asdict(m) for m in members],
@@ -288,9 +291,7 @@ def pareto_front(trials: Sequence[FrozenTrial], objectives: Sequence[tuple[str, 
             seen.add(t.user_attrs["arch"])
             unique.append(t)
     values = [t.values for t in unique]
-    return [
-        t for t, v in zip(unique, values, strict=True) if not any(dominates(w, v, directions) for w in values)
-    ]
+    return [t for t, v in zip(unique, values, strict=True) if not any(dominates(w, v, directions) for w in values)]
 
 
 def write_trials_csv(study: optuna.Study, path: Path, objectives: Sequence[tuple[str, str]]) -> None:
@@ -307,7 +308,13 @@ def write_trials_csv(study: optuna.Study, path: Path, objectives: Sequence[tuple
         metrics = t.user_attrs.get("metrics", {})
         reason = t.user_attrs.get("fail_reason") or ("interrupted" if t.user_attrs.get("interrupted") else "")
         writer.writerow(
-            [t.number, t.state.name, t.user_attrs.get("arch", ""), *(metrics.get(k, "") for k in metric_names), reason]
+            [
+                t.number,
+                t.state.name,
+                t.user_attrs.get("arch", ""),
+                *(metrics.get(k, "") for k in metric_names),
+                reason,
+            ]
         )
     atomic_write_text(path, buf.getvalue())
 

@@ -91,7 +91,7 @@ def train_model(model: nn.Module, data: Cifar10, cfg: TrainConfig) -> TrainResul
     epoch_loss = float("nan")
     for epoch in range(cfg.epochs):
         if hasattr(model, "drop_path"):
-            model.drop_path = cfg.drop_path * epoch / cfg.epochs
+            setattr(model, "drop_path", cfg.drop_path * epoch / cfg.epochs)  # noqa: B010
         model.train()
         order = torch.randperm(len(x_train), generator=gen)
         total_loss = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
@@ -13,9 +14,7 @@ from torch import nn
 OPSET = 17
 
 
-def export_onnx(
-    model: nn.Module, path: str | Path, input_shape: tuple[int, ...], *, dynamo: bool = False
-) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], *, dynamo: bool = False) -> Path:
     """Export ``model`` in eval mode for a batch-1 input of ``input_shape``; check it; rename into place.
 
     The legacy exporter is the default (about 0.2 s for a small CNN against 2.5 s for dynamo). The file only
@@ -28,7 +27,8 @@ def export_onnx(
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is chosen on purpose
             torch.onnx.export(
                 model,
                 (torch.zeros(1, *input_shape),),

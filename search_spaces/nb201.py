@@ -82,9 +82,18 @@ class NB201Space:
                 raise InvalidArchitecture(f"unknown NB201 op {op!r}; valid: {', '.join(OPS)}")
 
     def build(
-        self, arch: Cell, *, channels: int = 16, cells_per_stage: int = 5, num_classes: int = 10, **_: Any
+        self,
+        arch: Cell,
+        *,
+        channels: int = 16,
+        cells_per_stage: int = 5,
+        num_classes: int = 10,
+        **unknown: Any,
     ) -> nn.Module:
         self.validate(arch)
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise UserInputError(f"unknown NB201 build option {bad!r}; valid: channels, cells_per_stage, num_classes")
         for key, value, low in (("channels", channels, 1), ("cells_per_stage", cells_per_stage, 1)):
             if value < low:
                 raise UserInputError(f"NB201 {key}={value} must be >= {low}")

@@ -164,9 +164,7 @@ def test_download_extract_and_load_round_trip(archive_server: ArchiveServer, emp
     assert len(archive_server.requests) == 1
 
 
-def test_download_with_wrong_md5_leaves_nothing_behind(
-    archive_server: ArchiveServer, empty_root: Path
-) -> None:
+def test_download_with_wrong_md5_leaves_nothing_behind(archive_server: ArchiveServer, empty_root: Path) -> None:
     with pytest.raises(DataError, match="checksum mismatch") as excinfo:
         ensure_cifar10(empty_root, url=archive_server.url, md5="0" * 32, progress=False)
     message = str(excinfo.value)
@@ -315,9 +313,7 @@ def test_resolve_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert resolve_data_dir(str(explicit)) == explicit
 
 
-def test_resolve_data_dir_refuses_missing_directories(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_data_dir_refuses_missing_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     typo = tmp_path / "dtaa"
     with pytest.raises(DataError, match=f"data directory {typo} is not an existing directory"):

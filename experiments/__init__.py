@@ -1,0 +1,1 @@
+"""Reproducible scripts behind the figures in BENCHMARKS.md."""
