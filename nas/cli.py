@@ -25,7 +25,7 @@ out = Console()
 
 # The quick start: `nas search --space nasnet` with nothing else trains every candidate on real CIFAR-10
 # images and finishes in a few minutes on 2 CPU cores (measured in BENCHMARKS.md).
-QUICK_TRAIN = {"epochs": 1, "train_images": 2000, "val_images": 1000, "batch_size": 64}
+QUICK_TRAIN = {"epochs": 1, "train_images": 5000, "val_images": 1000, "batch_size": 64}
 QUICK_NETWORK = {"nasnet": {"channels": 8, "layers": 1}, "darts": {"channels": 8, "layers": 1}}
 
 

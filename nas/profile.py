@@ -50,10 +50,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time in milliseconds of one batch-1 forward pass on the CPU, in eval mode."""
+    """Median wall time in milliseconds of one batch-1 forward pass on the CPU (channels_last), in eval mode."""
     was_training = model.training
     model.eval()
-    x = torch.randn(1, *input_shape)
+    model.to(memory_format=torch.channels_last)
+    x = torch.randn(1, *input_shape).contiguous(memory_format=torch.channels_last)
     times = []
     try:
         with torch.inference_mode():

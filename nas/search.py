@@ -44,7 +44,7 @@ class SearchConfig:
     space: str = "nasnet"
     evaluator: str = "train"
     objectives: list[str] = field(default_factory=lambda: ["accuracy:max", "params:min"])
-    trials: int = 8
+    trials: int = 10
     seed: int = 0
     sampler: str = "nsga2"
     run_dir: str | None = None

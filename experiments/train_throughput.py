@@ -1,0 +1,68 @@
+"""Benchmark 3 of issue 2: CPU training throughput of quick-start NASNet networks, and `make search` wall time.
+
+Throughput: images/s of the training loop (forward, backward, SGD step, augmentation) for networks built
+exactly as the quick start builds them, over several sampled genotypes. The wall time of `make search` is
+measured by running it (with the environment already set up, as a second `make search` finds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from experiments.record import record
+from nas.cli import QUICK_NETWORK, QUICK_TRAIN
+from nas.data import load_cifar10
+from nas.train import TrainConfig, train_model
+from search_spaces import get_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--networks", type=int, default=5)
+    parser.add_argument("--make-search", action="store_true", help="also time `make search`")
+    parser.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR"))
+    args = parser.parse_args()
+    space = get_space("nasnet")
+    data = load_cifar10(args.data_dir)
+    cfg = TrainConfig(**QUICK_TRAIN, device="cpu")
+    rates = []
+    for seed in range(args.networks):
+        torch.manual_seed(0)
+        model = space.build(space.sample(random.Random(seed)), **QUICK_NETWORK["nasnet"])
+        result = train_model(model, data, cfg)
+        rates.append(result.images_per_s)
+        print(f"network {seed}: {result.images_per_s:.0f} images/s, val acc {result.val_accuracy:.1f}%", flush=True)
+    body = (
+        f"Training throughput of quick-start NASNet networks ({QUICK_NETWORK['nasnet']}, batch "
+        f"{cfg.batch_size}, augmentation on, channels_last, {torch.get_num_threads()} torch threads): "
+        f"**{statistics.mean(rates):.0f} +- {statistics.stdev(rates):.0f} images/s** "
+        f"(mean +- std over {len(rates)} sampled genotypes, seeds 0..{len(rates) - 1}; "
+        f"min {min(rates):.0f}, max {max(rates):.0f})."
+    )
+    if args.make_search:
+        start = time.perf_counter()
+        proc = subprocess.run(["make", "search"], cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"make search failed:\n{proc.stderr[-2000:]}")
+        body += (
+            f"\n\nWall time of `make search` (environment already set up, so this is the search itself: "
+            f"{QUICK_TRAIN['train_images']} training images x {QUICK_TRAIN['epochs']} epoch per candidate, "
+            f"8 trials, test accuracy of the Pareto members on the 10,000 test images, ONNX export): "
+            f"**{wall / 60:.1f} min** (one run)."
+        )
+    record("quickstart-throughput", "Quick-start training throughput and `make search` wall time", body)
+
+
+if __name__ == "__main__":
+    main()

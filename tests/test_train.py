@@ -1,0 +1,82 @@
+"""Training loop and `train` evaluator: deterministic on CPU, divergence fails the trial, not the search."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.data import load_cifar10
+from nas.evaluators import TrialFailed, make_evaluator
+from nas.profile import count_flops, count_params
+from nas.search import Search, SearchConfig
+from nas.train import TrainConfig, train_model, validation_split
+from search_spaces import get_space
+
+TINY = dict(epochs=1, train_images=128, val_images=64, batch_size=32, channels=4, layers=1)
+
+
+def test_training_is_deterministic_on_cpu(data_dir: Path):
+    space = get_space("nasnet")
+    arch = space.sample(random.Random(5))
+    data = load_cifar10(data_dir)
+    cfg = TrainConfig(epochs=1, train_images=96, val_images=64, batch_size=32, seed=7, device="cpu")
+    results, weights = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = space.build(arch, channels=4, layers=1)
+        results.append(train_model(model, data, cfg))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert results[0].val_accuracy == results[1].val_accuracy
+    assert results[0].train_loss == results[1].train_loss
+    assert torch.equal(weights[0], weights[1])
+    torch.manual_seed(0)
+    other = train_model(space.build(arch, channels=4, layers=1), data, TrainConfig(**{**cfg.__dict__, "seed": 8}))
+    assert other.train_loss != results[0].train_loss
+
+
+def test_validation_split_is_disjoint_from_training(data_dir: Path):
+    data = load_cifar10(data_dir)
+    train_idx, val_idx = validation_split(data, TrainConfig(train_images=40000, val_images=10000))
+    assert len(set(train_idx) | set(val_idx)) == 50000
+
+
+def test_train_evaluator_reports_metrics(data_dir: Path):
+    space = get_space("nb201")
+    evaluator = make_evaluator(
+        "train", space, data_dir=str(data_dir), cells_per_stage=1, **{k: v for k, v in TINY.items() if k != "layers"}
+    )
+    arch = space.decode(
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+    )
+    metrics = evaluator.evaluate(arch)
+    model = space.build(arch, channels=4, cells_per_stage=1)
+    assert metrics["params"] == count_params(model)
+    assert metrics["flops"] == count_flops(model, (3, 32, 32)) > metrics["params"]
+    assert 0.0 <= metrics["accuracy"] <= 100.0
+    assert metrics["latency_ms"] > 0
+
+
+def test_diverging_trial_fails_with_reason_and_search_goes_on(tmp_path: Path, data_dir: Path):
+    space = get_space("nasnet")
+    evaluator = make_evaluator("train", space, data_dir=str(data_dir), lr=1e12, grad_clip=1e12, **TINY)
+    with pytest.raises(TrialFailed, match="diverged"):
+        evaluator.evaluate(space.sample(random.Random(0)))
+    cfg = SearchConfig(
+        space="nasnet",
+        evaluator="train",
+        trials=2,
+        sampler="random",
+        run_dir=str(tmp_path / "run"),
+        data_dir=str(data_dir),
+        evaluator_options={**TINY, "lr": 1e12, "grad_clip": 1e12},
+    )
+    result = Search(cfg).run()
+    assert result.failed == 2 and result.completed == 0 and result.pareto == []
+    with open(tmp_path / "run" / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["state"] for r in rows] == ["FAIL", "FAIL"]
+    assert all(r["fail_reason"].startswith("diverged") for r in rows)
