@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import optuna
 
 from experiments.record import record
 from nas.search import Search, SearchConfig
@@ -25,6 +28,7 @@ def main() -> None:
     parser.add_argument("--samplers", default="random,tpe,nsga2")
     parser.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR"))
     args = parser.parse_args()
+    optuna.logging.set_verbosity(logging.WARNING)
     checkpoints = [n for n in (50, 100) if n <= args.trials] or [args.trials]
     table = None
     rows = []

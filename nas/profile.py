@@ -53,7 +53,7 @@ def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, repeat
     """Median wall time in milliseconds of one batch-1 forward pass on the CPU (channels_last), in eval mode."""
     was_training = model.training
     model.eval()
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x = torch.randn(1, *input_shape).contiguous(memory_format=torch.channels_last)
     times = []
     try:

@@ -86,7 +86,7 @@ def train_model(model: nn.Module, data: Cifar10, cfg: TrainConfig) -> TrainResul
     x_train = normalize(data.train_x[train_idx])
     y_train = torch.as_tensor(data.train_y[train_idx], dtype=torch.long)
     fmt = memory_format(device)
-    model.to(device=device, memory_format=fmt)
+    model.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
@@ -139,7 +139,7 @@ def evaluate_accuracy(
     """Top-1 accuracy in percent of ``model`` (eval mode) on raw uint8 images."""
     device = device or next(model.parameters()).device
     fmt = memory_format(device)
-    model.to(device=device, memory_format=fmt)
+    model.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     model.eval()
     correct = 0
     with torch.inference_mode():
