@@ -10,7 +10,8 @@ from torch import nn
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the inference network: an auxiliary head (training only) is not counted."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head."))
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:

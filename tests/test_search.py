@@ -111,3 +111,14 @@ def test_bad_configuration_names_the_bad_value(tmp_path: Path, data_dir: Path, o
         Search(table_config(tmp_path / "run", data_dir, **over))
     assert needle in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_rdb_storage_url_and_resume(tmp_path: Path, data_dir: Path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run = tmp_path / "run"
+    Search(table_config(run, data_dir, trials=5, storage=url, sampler="tpe")).run()
+    assert not (run / "study.journal").exists()
+    result = Search(table_config(run, data_dir, trials=8, storage=url, sampler="tpe")).run()
+    assert result.completed == 8
+    study = optuna.load_study(study_name="nas", storage=url)
+    assert len(study.trials) == 8

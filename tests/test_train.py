@@ -80,3 +80,18 @@ def test_diverging_trial_fails_with_reason_and_search_goes_on(tmp_path: Path, da
         rows = list(csv.DictReader(f))
     assert [r["state"] for r in rows] == ["FAIL", "FAIL"]
     assert all(r["fail_reason"].startswith("diverged") for r in rows)
+
+
+def test_auxiliary_head_and_drop_path_train(data_dir: Path):
+    space = get_space("nasnet")
+    evaluator = make_evaluator(
+        "train", space, data_dir=str(data_dir), auxiliary=True, drop_path=0.2, **{**TINY, "epochs": 2}
+    )
+    metrics = evaluator.evaluate(space.sample(random.Random(2)))
+    plain = make_evaluator("train", space, data_dir=str(data_dir), **TINY).evaluate(space.sample(random.Random(2)))
+    # The auxiliary head trains but is not part of the inference network the objectives measure.
+    assert metrics["params"] == plain["params"]
+    assert metrics["flops"] == plain["flops"]
+    model = space.build(space.sample(random.Random(2)), auxiliary=True, channels=4, layers=1)
+    assert sum(p.numel() for p in model.parameters()) > metrics["params"]
+    assert metrics["train_loss"] > 0
