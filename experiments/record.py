@@ -38,7 +38,8 @@ def machine() -> str:
 
 def record(key: str, title: str, body: str) -> None:
     """Replace (or append) the section ``key`` of BENCHMARKS.md; the file is rewritten atomically."""
-    command = "python " + " ".join([str(Path(sys.argv[0]).as_posix()), *sys.argv[1:]])
+    module = Path(sys.argv[0]).resolve().relative_to(BENCHMARKS.parent).with_suffix("").as_posix().replace("/", ".")
+    command = " ".join(["NAS_DATA_DIR=../shared/data .venv/bin/python -m", module, *sys.argv[1:]])
     section = (
         f"<!-- bench:{key} -->\n## {title}\n\n"
         f"- Command: `{command}`\n- Machine: {machine()}\n- Date: {date.today().isoformat()}\n\n"
