@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--val-images", type=int, default=2000)
     parser.add_argument("--cells-per-stage", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--key", default="nb201-fidelity", help="BENCHMARKS.md section to write")
     parser.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR"))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -46,7 +48,7 @@ def main() -> None:
         val_images=args.val_images,
         cells_per_stage=args.cells_per_stage,
         batch_size=64,
-        lr=0.1,
+        lr=args.lr,
     )
     rows = []
     start = time.perf_counter()
@@ -62,12 +64,13 @@ def main() -> None:
     body = (
         f"**Kendall tau = {tau:.3f}** (Spearman rho = {rho:.3f}) over {len(rows)} cells; target tau >= 0.6.\n\n"
         f"Each cell: the benchmark skeleton (C = 16, {args.cells_per_stage} cells per stage), trained "
-        f"{args.epochs} epochs on {args.train_images} CIFAR-10 training images (batch 64, lr 0.1, cosine), "
+        f"{args.epochs} epochs on {args.train_images} CIFAR-10 training images (batch 64, lr {args.lr}, cosine), "
         f"validated on {args.val_images} held-out training images; cells picked at evenly spaced quantiles of "
         f"the table's `{key}` (disconnected cells at 10% excluded). One seed (0); total {total / 60:.1f} min.\n\n"
         + "\n".join(lines)
     )
-    record("nb201-fidelity", "NB201 builder and training fidelity", body)
+    title = f"NB201 builder and training fidelity: {args.cells_per_stage} cells per stage, {args.epochs} epochs"
+    record(args.key, title, body)
 
 
 if __name__ == "__main__":

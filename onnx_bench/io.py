@@ -1,0 +1,54 @@
+"""Reading ONNX a user brings: clear one-line errors for files that are not (valid) ONNX, and shapes inferred."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from search_spaces.base import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+class OnnxInputError(UserInputError):
+    """A file that is not ONNX, is truncated or corrupt, or fails the ONNX checker."""
+
+
+def load_onnx(source: str | Path | bytes, *, check: bool = True) -> onnx.ModelProto:
+    """Parse an ONNX model from a path or bytes; with ``check``, run `onnx.checker` on it.
+
+    External-data files are not followed (a description only needs shapes and initializer dims).
+    """
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except OSError as exc:
+        raise OnnxInputError(f"cannot read ONNX file {name}: {exc.strerror or exc}") from exc
+    if not data:
+        raise OnnxInputError(f"{name} is empty, not an ONNX model")
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise OnnxInputError(f"{name} is not a valid ONNX model (truncated or corrupt protobuf)") from exc
+    if not model.graph.node and not model.graph.input and not model.graph.output:
+        raise OnnxInputError(f"{name} is not an ONNX model: it holds no graph")
+    if check:
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OnnxInputError(f"{name} fails the ONNX checker: {first}") from exc
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with `value_info` filled by ONNX shape inference; the model unchanged when inference fails
+    (custom operators, missing shapes): descriptions then write ``?`` for unknown shapes."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    except Exception as exc:  # inference raises several unrelated types (InferenceError, RuntimeError, ...)
+        log.warning("ONNX shape inference failed, shapes stay unknown: %s", str(exc).splitlines()[0:1])
+        return model
