@@ -20,6 +20,7 @@ import torch
 from experiments.record import record
 from nas.cli import QUICK_NETWORK, QUICK_TRAIN
 from nas.data import load_cifar10
+from nas.search import SearchConfig
 from nas.train import TrainConfig, train_model
 from search_spaces import get_space
 
@@ -58,7 +59,7 @@ def main() -> None:
         body += (
             f"\n\nWall time of `make search` (environment already set up, so this is the search itself: "
             f"{QUICK_TRAIN['train_images']} training images x {QUICK_TRAIN['epochs']} epoch per candidate, "
-            f"8 trials, test accuracy of the Pareto members on the 10,000 test images, ONNX export): "
+            f"{SearchConfig().trials} trials, test accuracy of the Pareto members on the 10,000 test images, ONNX export): "
             f"**{wall / 60:.1f} min** (one run)."
         )
     record("quickstart-throughput", "Quick-start training throughput and `make search` wall time", body)
