@@ -59,7 +59,8 @@ def main() -> None:
         body += (
             f"\n\nWall time of `make search` (environment already set up, so this is the search itself: "
             f"{QUICK_TRAIN['train_images']} training images x {QUICK_TRAIN['epochs']} epoch per candidate, "
-            f"{SearchConfig().trials} trials, test accuracy of the Pareto members on the 10,000 test images, ONNX export): "
+            f"{SearchConfig().trials} trials, test accuracy of the Pareto members on the 10,000 test images, "
+            "ONNX export): "
             f"**{wall / 60:.1f} min** (one run)."
         )
     record("quickstart-throughput", "Quick-start training throughput and `make search` wall time", body)
