@@ -135,6 +135,155 @@ def evaluate(
     out.print_json(json.dumps({"space": space, "arch": search_space.encode(decoded), "metrics": metrics}))
 
 
+def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values parsed as YAML scalars) into a dict."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"bad option {pair!r}: write KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+@app.command("export")
+def export_cmd(
+    space: Annotated[str, typer.Option(help="Search space: nasnet, darts, nb201.")],
+    arch: Annotated[str, typer.Option(help="Encoded architecture.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    seed: Annotated[int, typer.Option(help="Weight initialisation seed (same seed, same bytes).")] = 0,
+    option: Annotated[list[str] | None, typer.Option(help="Build option KEY=VALUE, e.g. channels=16.")] = None,
+    dynamo: Annotated[bool, typer.Option(help="Use the dynamo exporter (slower) instead of the legacy one.")] = False,
+    parity: Annotated[bool, typer.Option(help="Check onnxruntime against torch on the same input.")] = False,
+) -> None:
+    """Build an architecture and export it to a checked ONNX file (opset 17, shapes inferred)."""
+    from onnx_bench.export import export_architecture, write_atomic
+    from search_spaces import get_space
+
+    search_space = get_space(space)
+    exported = export_architecture(
+        search_space,
+        search_space.decode(arch),
+        seed=seed,
+        build_options=_parse_options(option),
+        dynamo=dynamo,
+        parity=parity,
+    )
+    write_atomic(exported.data, output)
+    out.print(f"{output} sha256={exported.sha256} bytes={len(exported.data)}", highlight=False)
+
+
+@app.command()
+def describe(
+    file: Annotated[Path, typer.Argument(help="An ONNX file, from anywhere.")],
+    format: Annotated[str, typer.Option("--format", help="chain_slim (ONNX-Net) or compact.")] = "chain_slim",
+) -> None:
+    """Print the text description of an ONNX model."""
+    from onnx_bench.io import load_onnx
+    from onnx_bench.text import FORMATS
+    from onnx_bench.text import describe as describe_model
+
+    if format not in FORMATS:
+        raise UserInputError(f"unknown text format {format!r}; valid: {', '.join(FORMATS)}")
+    text = describe_model(load_onnx(file, check=False), format)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command()
+def graph(
+    file: Annotated[Path, typer.Argument(help="An ONNX file, from anywhere.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the graph summaries of an ONNX model: ops, depth, params, MACs/FLOPs, peak activation."""
+    from onnx_bench.graph import summarize
+    from onnx_bench.io import load_onnx
+
+    _print_mapping(summarize(load_onnx(file, check=False)), str(file), json_out)
+
+
+def _print_mapping(summary: dict[str, Any], title: str, json_out: bool) -> None:
+    """A flat summary as one JSON line or as a two-column table."""
+    import json
+
+    if json_out:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    out.print(table)
+
+
+bench_app = typer.Typer(help="The ONNX-Bench data set: build, harvest, info.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _bench_progress(title: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
+
+
+@bench_app.command("build")
+def bench_build(
+    space: Annotated[str, typer.Option(help="Only nb201: every cell of the table.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Bench directory (created; existing records kept).")],
+    limit: Annotated[int | None, typer.Option(help="Only the first N cells (by NB201 index).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
+) -> None:
+    """Build the records of every NB201 cell (incremental: records already present are skipped)."""
+    from nas.data import resolve_data_dir
+    from nas.evaluators import load_nb201_table
+    from onnx_bench.bench import nb201_jobs
+
+    if space != "nb201":
+        raise UserInputError(f"bench build covers --space nb201 only, not {space!r}; use `nas bench harvest`")
+    if limit is not None and limit < 1:
+        raise UserInputError(f"--limit {limit} must be >= 1")
+    table = load_nb201_table(str(resolve_data_dir(data_dir) / "nb201" / "nb201.csv"))
+    _run_bench(nb201_jobs(table, limit), out_dir, workers, "bench nb201")
+
+
+@bench_app.command("harvest")
+def bench_harvest(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories of `nas search` with --evaluator train.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Bench directory.")],
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Add every trained candidate of earlier search runs (with their trained weights)."""
+    from onnx_bench.bench import harvest_jobs
+
+    jobs = [job for run in run_dirs for job in harvest_jobs(run)]
+    _run_bench(jobs, out_dir, workers, "harvest")
+
+
+def _run_bench(jobs: list[Any], out_dir: Path, workers: int, title: str) -> None:
+    from onnx_bench.bench import build
+
+    with _bench_progress(title) as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = build(jobs, out_dir, workers=workers, on_progress=on_progress)
+    out.print(f"{out_dir}: {result.added} records added, {result.skipped} already present")
+
+
+@bench_app.command("info")
+def bench_info(
+    directory: Annotated[Path, typer.Argument(help="Bench directory.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Summarise a bench: records per space, metric columns, token lengths, size on disk."""
+    from onnx_bench.bench import info
+
+    _print_mapping(info(directory), str(directory), json_out)
+
+
 def _run_with_progress(job: Any) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import math
 import random
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from torch import nn
 
 from nas.train import Diverged, TrainConfig, evaluate_accuracy, resolve_device, train_model
 from search_spaces import SearchSpace
-from search_spaces.base import UserInputError
+from search_spaces.base import UserInputError, arch_digest
 
 
 class TrialFailed(RuntimeError):
@@ -59,10 +58,6 @@ def make_evaluator(name: str, space: SearchSpace[Any], **options: Any) -> Evalua
     if name not in _REGISTRY:
         raise UserInputError(f"unknown evaluator {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](space, **options)
-
-
-def _arch_key(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 BUILD_KEYS = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary", "num_classes")
@@ -117,7 +112,7 @@ class TrainEvaluator:
         metrics.update(accuracy=result.val_accuracy, train_seconds=result.seconds, train_loss=result.train_loss)
         if self.artifacts_dir is not None:
             self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-            path = self.artifacts_dir / f"{_arch_key(self.space.encode(arch))}.pt"
+            path = self.artifacts_dir / f"{arch_digest(self.space.encode(arch))}.pt"
             tmp = path.with_suffix(".pt.tmp")
             torch.save(model.cpu().state_dict(), tmp)
             tmp.replace(path)
@@ -126,7 +121,7 @@ class TrainEvaluator:
     def model(self, arch: Any) -> nn.Module:
         model = self.build(arch)
         if self.artifacts_dir is not None:
-            path = self.artifacts_dir / f"{_arch_key(self.space.encode(arch))}.pt"
+            path = self.artifacts_dir / f"{arch_digest(self.space.encode(arch))}.pt"
             if path.exists():
                 model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
@@ -135,7 +130,7 @@ class TrainEvaluator:
         """Test accuracy on the full 10,000-image CIFAR-10 test set, from the weights saved by evaluate()."""
         if self.artifacts_dir is None:
             return {}
-        path = self.artifacts_dir / f"{_arch_key(self.space.encode(arch))}.pt"
+        path = self.artifacts_dir / f"{arch_digest(self.space.encode(arch))}.pt"
         if not path.exists():
             return {}
         model = self.model(arch).to(resolve_device(self.config.device))

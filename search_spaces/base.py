@@ -43,3 +43,10 @@ class SearchSpace(Protocol[Arch]):
     def validate(self, arch: Arch) -> None: ...
 
     def build(self, arch: Arch, **options: Any) -> nn.Module: ...
+
+
+def arch_digest(encoded: str) -> str:
+    """A short stable file-name key for an encoded architecture (16 hex digits of its SHA-1)."""
+    import hashlib
+
+    return hashlib.sha1(encoded.encode()).hexdigest()[:16]

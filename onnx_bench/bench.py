@@ -1,0 +1,260 @@
+"""The ONNX-Bench data set: one record per architecture (ONNX hash, both texts, graph summaries, metrics).
+
+A bench is a directory of Parquet shards ``records-*.parquet``. Builds are incremental and resumable: the
+keys already present are skipped, and finished records are written in shards renamed into place, so a killed
+build loses at most one unfinished shard. Work is spread over worker processes (one torch thread each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search_spaces.base import UserInputError, arch_digest
+
+KEY_COLUMNS = ("space", "arch", "source")
+SHARD_GLOB = "records-*.parquet"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One architecture to turn into a record: plain values only, so it crosses process boundaries cheaply."""
+
+    space: str
+    arch: str
+    source: str  # where the metrics come from: "nb201-table", or "<run dir>#<trial>"
+    metrics: dict[str, float] = field(default_factory=dict)
+    build_options: dict[str, Any] = field(default_factory=dict)
+    space_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # a state_dict file with trained weights
+    seed: int = 0
+
+
+def make_record(job: Job) -> dict[str, Any]:
+    """Build, export, describe and summarise one architecture (runs in a worker process)."""
+    import torch
+
+    from onnx_bench.export import export_architecture
+    from onnx_bench.graph import summarize
+    from onnx_bench.io import load_onnx
+    from onnx_bench.text import describe, token_count
+    from search_spaces import get_space
+
+    torch.set_num_threads(1)
+    space = get_space(job.space, **job.space_options)
+    arch = space.decode(job.arch)
+    state = torch.load(job.weights, weights_only=True) if job.weights else None
+    exported = export_architecture(space, arch, seed=job.seed, build_options=job.build_options, state_dict=state)
+    model = load_onnx(exported.data, check=False)
+    chain, compact = describe(model, "chain_slim"), describe(model, "compact")
+    summary = summarize(model)
+    record: dict[str, Any] = {
+        "space": job.space,
+        "arch": space.encode(arch),
+        "source": job.source,
+        "onnx_sha256": exported.sha256,
+        "onnx_bytes": len(exported.data),
+        "text_chain_slim": chain,
+        "text_compact": compact,
+        "tokens_chain_slim": token_count(chain),
+        "tokens_compact": token_count(compact),
+        "nodes": summary["nodes"],
+        "depth": summary["depth"],
+        "params": summary["params"],
+        "macs": summary["macs"],
+        "flops": summary["flops"],
+        "peak_activation": summary["peak_activation"],
+        "op_histogram": json.dumps(summary["op_histogram"], sort_keys=True),
+        "build_options": json.dumps(job.build_options, sort_keys=True),
+        "seed": job.seed,
+    }
+    record.update({f"metric_{k}": float(v) for k, v in job.metrics.items()})
+    return record
+
+
+def shards(directory: Path) -> list[Path]:
+    return sorted(directory.glob(SHARD_GLOB))
+
+
+def read_bench(directory: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserInputError(f"bench directory not found: {directory}")
+    files = shards(directory)
+    if not files:
+        return pd.DataFrame(columns=list(columns or KEY_COLUMNS))
+    frames = []
+    for f in files:
+        try:
+            frames.append(pd.read_parquet(f, columns=columns))
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise UserInputError(f"cannot read bench shard {f}: {str(exc).splitlines()[0]}") from exc
+    return pd.concat(frames, ignore_index=True)
+
+
+def existing_keys(directory: Path) -> set[tuple[str, str, str]]:
+    if not directory.exists() or not shards(directory):
+        return set()
+    frame = read_bench(directory, columns=list(KEY_COLUMNS))
+    return set(zip(frame["space"], frame["arch"], frame["source"], strict=True))
+
+
+def _write_shard(directory: Path, records: list[dict[str, Any]]) -> Path:
+    frame = pd.DataFrame.from_records(records)
+    final = directory / f"records-{pd.Timestamp.now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".shard.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+@dataclass
+class BuildResult:
+    added: int
+    skipped: int
+    shards_written: int
+
+
+def build(
+    jobs: Iterable[Job],
+    out: str | Path,
+    *,
+    workers: int = 2,
+    shard_size: int = 250,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BuildResult:
+    """Add a record for every job whose key is not in the bench yet; ``on_progress(done, total)``."""
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    have = existing_keys(directory)
+    todo = [j for j in jobs if (j.space, j.arch, j.source) not in have]
+    skipped_count = len(have)
+    total = len(todo)
+    if on_progress:
+        on_progress(0, total)
+    pending: list[dict[str, Any]] = []
+    written = done = 0
+    for record in _map(make_record, todo, workers):
+        pending.append(record)
+        done += 1
+        if len(pending) >= shard_size:
+            _write_shard(directory, pending)
+            written += 1
+            pending = []
+        if on_progress:
+            on_progress(done, total)
+    if pending:
+        _write_shard(directory, pending)
+        written += 1
+    return BuildResult(added=done, skipped=skipped_count, shards_written=written)
+
+
+def _map(fn: Callable[[Job], dict[str, Any]], jobs: list[Job], workers: int) -> Iterator[dict[str, Any]]:
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
+        return
+    chunk = max(1, min(16, math.ceil(len(jobs) / (workers * 8))))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, jobs, chunksize=chunk)
+
+
+NB201_METRICS = {
+    "cifar10_valid_acc": "nb201v11_cifar10valid_valid_acc",
+    "cifar10_test_acc": "nb201v11_cifar10_test_acc",
+    "cifar10_acc_nats": "nats_cifar10_test",
+    "cifar100_test_acc": "nats_cifar100_test",
+    "imagenet16_test_acc": "nats_imagenet16_test",
+    "params_m": "params_M",
+    "naswot_v1": "naswot_score_v1",
+}
+
+
+def nb201_jobs(table: dict[str, dict[str, float]], limit: int | None = None) -> list[Job]:
+    """One job per NB201 cell (table order by index), with the table's accuracies and device latencies."""
+    items = sorted(table.items(), key=lambda kv: kv[1]["nb201_index"])[:limit]
+    jobs = []
+    for arch, row in items:
+        metrics = {name: row[col] for name, col in NB201_METRICS.items()}
+        metrics.update({k: v for k, v in row.items() if k.startswith("lat_")})
+        metrics["nb201_index"] = row["nb201_index"]
+        jobs.append(Job("nb201", arch, "nb201-table", metrics))
+    return jobs
+
+
+def harvest_jobs(run_dir: str | Path) -> list[Job]:
+    """Jobs for every completed trial of a `nas search` run that trained its candidates."""
+    import csv
+
+    import yaml
+
+    run = Path(run_dir)
+    config_path, trials_path = run / "config.yaml", run / "trials.csv"
+    if not config_path.is_file() or not trials_path.is_file():
+        raise UserInputError(f"{run} is not a search run directory (config.yaml and trials.csv expected)")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    if config.get("evaluator") != "train":
+        return []
+    options = dict(config.get("evaluator_options") or {})
+    build_keys = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary", "num_classes")
+    build_options = {k: options[k] for k in build_keys if k in options}
+    budget = {k: float(options[k]) for k in ("epochs", "train_images", "val_images") if k in options}
+    jobs = []
+    with open(trials_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["state"] != "COMPLETE":
+                continue
+            metrics = {k: float(v) for k, v in row.items() if k not in ("number", "state", "arch", "fail_reason") and v}
+            metrics.update({f"budget_{k}": v for k, v in budget.items()})
+            weights = _weights_path(run, row["arch"])
+            jobs.append(
+                Job(
+                    config["space"],
+                    row["arch"],
+                    f"{run.resolve().name}#{row['number']}",
+                    metrics,
+                    build_options,
+                    dict(config.get("space_options") or {}),
+                    str(weights) if weights.exists() else None,
+                    int(options.get("seed", 0)),
+                )
+            )
+    return jobs
+
+
+def _weights_path(run: Path, arch: str) -> Path:
+    return run / "models" / f"{arch_digest(arch)}.pt"
+
+
+def info(directory: str | Path) -> dict[str, Any]:
+    """What a bench holds: records per space and source kind, metric columns, text lengths, disk size."""
+    directory = Path(directory)
+    frame = read_bench(directory)
+    size = sum(f.stat().st_size for f in shards(directory))
+    out: dict[str, Any] = {"records": len(frame), "shards": len(shards(directory)), "bytes": size}
+    if len(frame):
+        out["by_space"] = frame.groupby("space").size().to_dict()
+        out["metrics"] = sorted(c for c in frame.columns if c.startswith("metric_"))
+        for fmt in ("chain_slim", "compact"):
+            tokens = frame[f"tokens_{fmt}"]
+            out[f"tokens_{fmt}"] = {
+                "median": float(tokens.median()),
+                "max": int(tokens.max()),
+                "share_le_256": float((tokens <= 256).mean()),
+                "share_le_512": float((tokens <= 512).mean()),
+            }
+    return out

@@ -1,0 +1,75 @@
+"""ONNX-Bench: records from the NB201 table and from search runs, Parquet shards, incremental builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from nas.evaluators import load_nb201_table
+from nas.search import Search, SearchConfig
+from onnx_bench.bench import build, harvest_jobs, info, nb201_jobs, read_bench
+from onnx_bench.io import load_onnx
+from onnx_bench.text import describe
+
+
+def test_nb201_build_is_incremental(tmp_path: Path, nb201_csv: Path):
+    table = load_nb201_table(str(nb201_csv))
+    out = tmp_path / "bench"
+    first = build(nb201_jobs(table, limit=3), out, workers=2, shard_size=2)
+    assert (first.added, first.skipped, first.shards_written) == (3, 0, 2)
+    second = build(nb201_jobs(table, limit=5), out, workers=1)
+    assert (second.added, second.skipped) == (2, 3)  # only the two new cells were built
+    frame = read_bench(out)
+    assert len(frame) == 5 and frame["arch"].is_unique
+    assert sorted(frame["metric_nb201_index"].astype(int)) == [0, 1, 2, 3, 4]
+    row = frame[frame["metric_nb201_index"] == 1].iloc[0]
+    assert row["metric_cifar10_test_acc"] == table[row["arch"]]["nb201v11_cifar10_test_acc"]
+    assert (
+        row["params"] / 1e6 == round(table[row["arch"]]["params_M"], 6)
+        or abs(row["params"] / 1e6 - table[row["arch"]]["params_M"]) < 0.01
+    )
+    assert len(row["onnx_sha256"]) == 64 and row["tokens_compact"] < row["tokens_chain_slim"]
+    assert "Conv" in row["text_chain_slim"] and json.loads(row["op_histogram"])["Conv"] > 0
+    assert not list(out.glob(".*")), "no temp files left"
+    summary = info(out)
+    assert summary["records"] == 5 and summary["by_space"] == {"nb201": 5}
+    assert "metric_cifar10_test_acc" in summary["metrics"]
+
+
+def test_bench_text_is_the_text_of_the_exported_onnx(tmp_path: Path, nb201_csv: Path):
+    from onnx_bench.export import export_architecture
+    from search_spaces import get_space
+
+    table = load_nb201_table(str(nb201_csv))
+    build(nb201_jobs(table, limit=1), tmp_path, workers=1)
+    row = read_bench(tmp_path).iloc[0]
+    space = get_space("nb201")
+    exported = export_architecture(space, space.decode(row["arch"]))
+    assert exported.sha256 == row["onnx_sha256"]
+    assert describe(load_onnx(exported.data), "chain_slim") == row["text_chain_slim"]
+
+
+def test_harvest_adds_trained_candidates_with_their_metrics(tmp_path: Path, data_dir: Path):
+    run = tmp_path / "run"
+    cfg = SearchConfig(
+        space="nasnet",
+        evaluator="train",
+        trials=2,
+        sampler="random",
+        run_dir=str(run),
+        data_dir=str(data_dir),
+        evaluator_options=dict(epochs=1, train_images=64, val_images=64, batch_size=32, channels=4, layers=1),
+    )
+    Search(cfg).run()
+    jobs = harvest_jobs(run)
+    assert len(jobs) == 2 and all(j.weights for j in jobs)
+    build(jobs, tmp_path / "bench", workers=1)
+    frame = read_bench(tmp_path / "bench")
+    trials = pd.read_csv(run / "trials.csv")
+    assert sorted(frame["metric_accuracy"]) == sorted(trials["accuracy"])
+    assert set(frame["source"]) == {"run#0", "run#1"}
+    assert (frame["metric_budget_train_images"] == 64).all()
+    again = build(harvest_jobs(run), tmp_path / "bench", workers=1)
+    assert again.added == 0
