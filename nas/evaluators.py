@@ -75,6 +75,7 @@ class TrainEvaluator:
         *,
         data_dir: str | None = None,
         artifacts_dir: str | None = None,
+        test_images: int = 10_000,
         **options: Any,
     ) -> None:
         from nas.data import load_cifar10
@@ -89,6 +90,9 @@ class TrainEvaluator:
         self.config = TrainConfig(**options)
         self.data = load_cifar10(data_dir)
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        if not 1 <= test_images <= len(self.data.test_x):
+            raise UserInputError(f"test_images={test_images} must be in 1..{len(self.data.test_x)}")
+        self.test_images = test_images
         self.build(space.sample(random.Random(0)))  # bad build options fail here, not mid-run
 
     def build(self, arch: Any) -> nn.Module:
@@ -127,14 +131,16 @@ class TrainEvaluator:
         return model.eval()
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
-        """Test accuracy on the full 10,000-image CIFAR-10 test set, from the weights saved by evaluate()."""
+        """Test accuracy on the first ``test_images`` CIFAR-10 test images (all 10,000 by default), from the
+        weights saved by evaluate()."""
         if self.artifacts_dir is None:
             return {}
         path = self.artifacts_dir / f"{arch_digest(self.space.encode(arch))}.pt"
         if not path.exists():
             return {}
         model = self.model(arch).to(resolve_device(self.config.device))
-        return {"test_accuracy": evaluate_accuracy(model, self.data.test_x, self.data.test_y)}
+        n = self.test_images
+        return {"test_accuracy": evaluate_accuracy(model, self.data.test_x[:n], self.data.test_y[:n])}
 
 
 TABLE_COLUMNS = {

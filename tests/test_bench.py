@@ -60,7 +60,9 @@ def test_harvest_adds_trained_candidates_with_their_metrics(tmp_path: Path, data
         sampler="random",
         run_dir=str(run),
         data_dir=str(data_dir),
-        evaluator_options=dict(epochs=1, train_images=64, val_images=64, batch_size=32, channels=4, layers=1),
+        evaluator_options=dict(
+            epochs=1, train_images=64, val_images=64, batch_size=32, channels=4, layers=1, test_images=200
+        ),
     )
     Search(cfg).run()
     jobs = harvest_jobs(run)

@@ -106,8 +106,10 @@ def completed_trials(run: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_sigkill_then_same_command_resumes(tmp_path: Path, data_dir: Path):
     run = tmp_path / "run"
+    config = tmp_path / "small.yaml"
+    config.write_text("evaluator_options:\n  test_images: 500\n")
     args = [
-        "search", "--space", "nasnet", "--trials", "6", "--seed", "3", "--run-dir", str(run),
+        "search", "--space", "nasnet", "--trials", "6", "--seed", "3", "--run-dir", str(run), "--config", str(config),
         "--channels", "4", "--layers", "1", "--epochs", "1", "--train-images", "256", "--val-images", "128",
     ]  # fmt: skip
     proc = subprocess.Popen(
