@@ -2,7 +2,9 @@
 
 For NB201 and NASNet, random architectures are built, exported (legacy exporter, checked, shapes inferred),
 described in both formats and summarised, one process with the machine's torch threads; token counts use
-the all-MiniLM-L6-v2 tokenizer.
+the all-MiniLM-L6-v2 tokenizer. The transformer rows use small BERT-style encoders (random depth, width, FFN
+width and heads; ``nn.TransformerEncoder``, sequence length 64) until the transformer space of the W-PCA issue
+exists.
 """
 
 from __future__ import annotations
@@ -11,17 +13,60 @@ import argparse
 import random
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from experiments.record import record
-from onnx_bench.export import export_architecture
+from onnx_bench.export import export_architecture, export_bytes
 from onnx_bench.graph import summarize
 from onnx_bench.io import load_onnx
 from onnx_bench.text import describe, token_count
 from search_spaces import get_space
 
 SPACES = {"nb201": {}, "nasnet": {"channels": 16, "layers": 2}}
+TRANSFORMER_SEQ = 64
+
+
+class _BertLike(nn.Module):
+    def __init__(self, layers: int, hidden: int, heads: int, ffn: int, vocab: int = 30522) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.position = nn.Parameter(torch.zeros(1, TRANSFORMER_SEQ, hidden))
+        layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.classifier = nn.Linear(hidden, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(self.embed(ids) + self.position)[:, 0])
+
+
+def _transformer_sample(rng: random.Random) -> tuple[str, Callable[[], bytes]]:
+    layers, hidden = rng.choice([2, 4, 6, 12]), rng.choice([64, 128, 256])
+    heads, ffn = rng.choice([2, 4]), hidden * rng.choice([1, 2, 3, 4])
+
+    def export() -> bytes:
+        torch.manual_seed(0)
+        model = _BertLike(layers, hidden, heads, ffn)
+        return export_bytes(model, example=torch.zeros(1, TRANSFORMER_SEQ, dtype=torch.long))
+
+    return f"L{layers} H{hidden} A{heads} F{ffn}", export
+
+
+def _candidates(name: str, samples: int) -> list[Callable[[], bytes]]:
+    rng = random.Random(0)
+    if name == "transformer":
+        return [_transformer_sample(rng)[1] for _ in range(samples)]
+    space, options = get_space(name), SPACES[name]
+    archs = [space.sample(rng) for _ in range(samples)]
+
+    def exporter(arch: Any) -> Callable[[], bytes]:
+        return lambda: export_architecture(space, arch, build_options=options).data
+
+    return [exporter(arch) for arch in archs]
 
 
 def main() -> None:
@@ -29,17 +74,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=30)
     args = parser.parse_args()
     rows, lengths = [], []
-    for name, options in SPACES.items():
-        space = get_space(name)
-        rng = random.Random(0)
-        archs = [space.sample(rng) for _ in range(args.samples)]
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention path does not export
+    labels = {**{k: str(v or "(benchmark skeleton)") for k, v in SPACES.items()}, "transformer": "(BERT-style)"}
+    for name, label in labels.items():
         stages = {"build+export": 0.0, "describe": 0.0, "summarize": 0.0}
         tokens: dict[str, list[int]] = {"chain_slim": [], "compact": []}
-        for arch in archs:
+        for export in _candidates(name, args.samples):
             t0 = time.perf_counter()
-            exported = export_architecture(space, arch, build_options=options)
+            data = export()
             t1 = time.perf_counter()
-            model = load_onnx(exported.data, check=False)
+            model = load_onnx(data, check=False)
             texts = {fmt: describe(model, fmt) for fmt in tokens}
             t2 = time.perf_counter()
             summarize(model)
@@ -51,7 +95,7 @@ def main() -> None:
                 tokens[fmt].append(token_count(text))
         total = sum(stages.values())
         rows.append(
-            f"| {name} {options or '(benchmark skeleton)'} | {args.samples / total:.2f} | "
+            f"| {name} {label} | {args.samples / total:.2f} | "
             + " | ".join(f"{1000 * v / args.samples:.0f}" for v in stages.values())
             + " |"
         )
