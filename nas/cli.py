@@ -42,7 +42,9 @@ def _root(
 @app.command()
 def search(
     space: Annotated[str | None, typer.Option(help="Search space: nasnet, darts, nb201.")] = None,
-    evaluator: Annotated[str | None, typer.Option(help="train (CIFAR-10) or table (NB201 ground truth).")] = None,
+    evaluator: Annotated[
+        str | None, typer.Option(help="train (CIFAR-10), table (NB201 ground truth), predictor, predictor+train.")
+    ] = None,
     objectives: Annotated[str | None, typer.Option(help="Comma list of NAME:max|min.")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to finish (completed or failed).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed.")] = None,
@@ -60,6 +62,8 @@ def search(
     channels: Annotated[int | None, typer.Option(help="Initial channels of built networks.")] = None,
     layers: Annotated[int | None, typer.Option(help="nasnet: normal cells per stage (N).")] = None,
     device: Annotated[str | None, typer.Option(help="train: auto, cpu or cuda.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
+    predictor: Annotated[Path | None, typer.Option(help="predictor evaluators: predictor file.")] = None,
 ) -> None:
     """Run (or resume) a multi-objective architecture search; writes the Pareto front to the run directory."""
     from nas.search import Search, SearchConfig, latest_run_dir, load_config_file
@@ -75,8 +79,11 @@ def search(
         "storage": storage,
         "run_dir": str(run_dir) if run_dir else None,
         "data_dir": str(data_dir) if data_dir else None,
+        "timeout": timeout,
     }
     data.update({k: v for k, v in given.items() if v is not None})
+    if data.get("evaluator") == "predictor" and "objectives" not in data:
+        data["objectives"] = "score:max,params:min"  # the predictor's metric is a score, not an accuracy
     cfg = SearchConfig.from_dict(data, source=str(config) if config else "options")
     flags = {
         "epochs": epochs,
@@ -87,10 +94,12 @@ def search(
         "channels": channels,
         "layers": layers,
         "device": device,
+        "predictor": str(predictor) if predictor else None,
     }
+    trains = cfg.evaluator in ("train", "predictor+train")
     cfg.evaluator_options = {
-        **(QUICK_TRAIN if cfg.evaluator == "train" else {}),
-        **(QUICK_NETWORK.get(cfg.space, {}) if cfg.evaluator == "train" else {}),
+        **(QUICK_TRAIN if trains else {}),
+        **(QUICK_NETWORK.get(cfg.space, {}) if cfg.evaluator != "table" else {}),
         **cfg.evaluator_options,
         **{k: v for k, v in flags.items() if v is not None},
     }
@@ -282,6 +291,97 @@ def bench_info(
     from onnx_bench.bench import info
 
     _print_mapping(info(directory), str(directory), json_out)
+
+
+predictor_app = typer.Typer(help="The zero-shot predictor: train and evaluate on an ONNX-Bench.", no_args_is_help=True)
+app.add_typer(predictor_app, name="predictor")
+
+
+@predictor_app.command("train")
+def predictor_train(
+    bench: Annotated[Path, typer.Option(help="Bench directory (nas bench build / harvest).")],
+    target: Annotated[str, typer.Option(help="Metric column to predict, e.g. cifar10_valid_acc.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Predictor file to write (.safetensors).")],
+    space: Annotated[str | None, typer.Option(help="Only records of this space.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Train on N random records; the rest are held out.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and of the head.")] = 0,
+    loss: Annotated[str, typer.Option(help="ranking (pairwise margin) or mse.")] = "ranking",
+    text_format: Annotated[str, typer.Option("--format", help="Text format: compact or chain_slim.")] = "compact",
+    encoder: Annotated[str, typer.Option(help="sentence-transformers model (name or directory).")] = "",
+    epochs: Annotated[int, typer.Option(help="Training epochs of the head.")] = 300,
+    features: Annotated[bool, typer.Option(help="Feed graph features (summaries, WL counts) to the head.")] = True,
+    embedding: Annotated[bool, typer.Option(help="Feed the text embedding to the head.")] = True,
+    ensemble: Annotated[int, typer.Option(help="Heads trained with successive seeds, scores averaged.")] = 5,
+) -> None:
+    """Train a predictor on a bench; its held-out figures are stored in the file."""
+    from onnx_bench.text import FORMATS
+    from predictors.encoder import DEFAULT_ENCODER, Encoder
+    from predictors.predictor import TrainOptions
+    from predictors.training import fit, load_bench_data, split
+
+    if text_format not in FORMATS:
+        raise UserInputError(f"unknown --format {text_format!r}; valid: {', '.join(FORMATS)}")
+    options = TrainOptions(
+        loss=loss, epochs=epochs, seed=seed, use_features=features, use_embedding=embedding, ensemble=ensemble
+    )
+    enc = Encoder(encoder or DEFAULT_ENCODER)
+    data = load_bench_data(bench, target, space=space, text_format=text_format, encoder=enc, show_progress=True)
+    train_idx, held_out = split(len(data.y), samples, seed)
+    predictor = fit(
+        data, train_idx, options, encoder_name=enc.name, text_format=text_format, held_out=held_out, bench=str(bench)
+    )
+    predictor.save(out_file)
+    figures = predictor.meta.get("evaluation", {}).get("held_out")
+    out.print(f"{out_file}: trained on {len(train_idx)} records of {data.target}")
+    if figures:
+        _print_mapping({k: round(v, 4) for k, v in figures.items()}, "held-out records", False)
+
+
+@predictor_app.command("eval")
+def predictor_eval(
+    predictor_file: Annotated[Path, typer.Argument(help="Predictor file.")],
+    bench: Annotated[Path, typer.Option(help="Bench directory.")],
+    space: Annotated[str | None, typer.Option(help="Only records of this space.")] = None,
+    target: Annotated[str | None, typer.Option(help="Metric column (default: the predictor's own).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Kendall tau, Spearman rho, precision@k and MAE of a predictor on a bench (training records included,
+    unless the bench is another one)."""
+    from predictors.encoder import Encoder
+    from predictors.predictor import Predictor
+    from predictors.training import evaluate, load_bench_data
+
+    predictor = Predictor.load(predictor_file)
+    goal = target or predictor.meta.get("training_data", {}).get("target")
+    if not goal:
+        raise UserInputError("the predictor names no target; pass --target")
+    data = load_bench_data(
+        bench, goal, space=space, text_format=predictor.text_format, encoder=Encoder(predictor.encoder_name)
+    )
+    figures = {k: round(v, 4) for k, v in evaluate(predictor, data).items()}
+    _print_mapping(figures, f"{predictor_file} on {bench} ({data.target})", json_out)
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="ONNX files (from anywhere).")],
+    predictor_file: Annotated[
+        Path | None, typer.Option("--predictor", help="Predictor file (default: shipped).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line per file.")] = False,
+) -> None:
+    """Score ONNX networks without training them: higher is better."""
+    import json
+
+    from predictors.zero_shot import load_predictor, score_files
+
+    predictor = load_predictor(predictor_file)
+    scores = score_files(files, predictor)
+    for f, score in zip(files, scores, strict=True):
+        if json_out:
+            print(json.dumps({"file": str(f), "score": round(float(score), 6)}))
+        else:
+            out.print(f"{score:10.4f}  {f}", highlight=False)
 
 
 def _run_with_progress(job: Any) -> None:

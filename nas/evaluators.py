@@ -231,3 +231,130 @@ class TableEvaluator:
     def model(self, arch: Any) -> nn.Module:
         torch.manual_seed(0)
         return self.space.build(arch).eval()
+
+
+class Screened(RuntimeError):
+    """The candidate was screened out by the predictor without training (the trial is recorded as pruned)."""
+
+    def __init__(self, message: str, metrics: dict[str, float]) -> None:
+        super().__init__(message)
+        self.metrics = metrics
+
+
+class _PredictorScorer:
+    """Build -> ONNX -> compact text + graph summary -> predictor score, plus params/FLOPs/latency."""
+
+    def __init__(self, space: SearchSpace[Any], predictor: str | None, build_options: dict[str, Any]) -> None:
+        from predictors.encoder import Encoder
+        from predictors.zero_shot import load_predictor
+
+        self.space = space
+        self.build_options = build_options
+        self.predictor = load_predictor(predictor)
+        self.encoder = Encoder(self.predictor.encoder_name)
+
+    def build(self, arch: Any) -> nn.Module:
+        torch.manual_seed(0)
+        return self.space.build(arch, **self.build_options).eval()
+
+    def score(self, arch: Any) -> dict[str, float]:
+        from nas.profile import count_flops, count_params, measure_latency_ms
+        from onnx_bench.export import export_bytes
+        from onnx_bench.io import load_onnx
+        from predictors.zero_shot import describe_model
+
+        model = self.build(arch)
+        shape = self.space.input_shape
+        proto = load_onnx(export_bytes(model, shape), check=False)
+        text, summary = describe_model(proto, self.predictor.text_format)
+        score = float(self.predictor.score([text], [summary], self.encoder)[0])
+        return {
+            "score": score,
+            "params": float(count_params(model)),
+            "flops": float(count_flops(model, shape)),
+            "latency_ms": measure_latency_ms(model, shape),
+        }
+
+
+@register("predictor")
+class PredictorEvaluator:
+    """Zero-shot: the predictor's score of the candidate's ONNX text (no training), params, FLOPs, latency."""
+
+    metrics: tuple[str, ...] = ("score", "params", "flops", "latency_ms")
+
+    def __init__(
+        self,
+        space: SearchSpace[Any],
+        *,
+        predictor: str | None = None,
+        data_dir: str | None = None,
+        artifacts_dir: str | None = None,
+        **options: Any,
+    ) -> None:
+        unknown = sorted(set(options) - set(BUILD_KEYS))
+        if unknown:
+            raise UserInputError(f"unknown predictor evaluator option {unknown[0]!r}; valid: predictor, {BUILD_KEYS}")
+        self.scorer = _PredictorScorer(space, predictor, options)
+
+    def evaluate(self, arch: Any) -> dict[str, float]:
+        return self.scorer.score(arch)
+
+    def final_metrics(self, arch: Any) -> dict[str, float]:
+        return {}
+
+    def model(self, arch: Any) -> nn.Module:
+        return self.scorer.build(arch)
+
+
+@register("predictor+train")
+class PredictorTrainEvaluator:
+    """Two stages: the predictor screens every candidate; only those on the predicted Pareto front of the
+    candidates screened so far (predictor score up, params down) are trained with the `train` evaluator.
+
+    A candidate is trained when no earlier screened candidate has both a higher-or-equal score and fewer-or-equal
+    params (one of them strictly); the others end as pruned trials that carry their predicted score. With
+    ``explore`` > 0, that share of screened-out candidates is trained anyway (seeded), so that a predictor that
+    transfers badly cannot starve the search.
+    """
+
+    metrics: tuple[str, ...] = ("accuracy", "score", *TrainEvaluator.metrics[1:])
+
+    def __init__(
+        self,
+        space: SearchSpace[Any],
+        *,
+        predictor: str | None = None,
+        explore: float = 0.1,
+        data_dir: str | None = None,
+        artifacts_dir: str | None = None,
+        test_images: int = 10_000,
+        **options: Any,
+    ) -> None:
+        if not 0.0 <= explore <= 1.0:
+            raise UserInputError(f"explore={explore} must be in 0..1")
+        self.train = TrainEvaluator(
+            space, data_dir=data_dir, artifacts_dir=artifacts_dir, test_images=test_images, **options
+        )
+        self.scorer = _PredictorScorer(space, predictor, self.train.build_options)
+        self.explore = explore
+        self.rng = random.Random(self.train.config.seed)
+        self.screened: list[tuple[float, float]] = []  # (score, params) of every candidate seen
+
+    def _dominated(self, score: float, params: float) -> bool:
+        return any(s >= score and p <= params and (s > score or p < params) for s, p in self.screened)
+
+    def evaluate(self, arch: Any) -> dict[str, float]:
+        cheap = self.scorer.score(arch)
+        dominated = self._dominated(cheap["score"], cheap["params"])
+        self.screened.append((cheap["score"], cheap["params"]))
+        if dominated and self.rng.random() >= self.explore:
+            raise Screened(f"screened out: predicted score {cheap['score']:.4g} dominated", cheap)
+        metrics = self.train.evaluate(arch)
+        metrics["score"] = cheap["score"]
+        return metrics
+
+    def final_metrics(self, arch: Any) -> dict[str, float]:
+        return self.train.final_metrics(arch)
+
+    def model(self, arch: Any) -> nn.Module:
+        return self.train.model(arch)

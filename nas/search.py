@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -27,7 +28,7 @@ import optuna.storages.journal
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.evaluators import Evaluator, TrialFailed, make_evaluator
+from nas.evaluators import Evaluator, Screened, TrialFailed, make_evaluator
 from search_spaces import SearchSpace, get_space
 from search_spaces.base import UserInputError
 
@@ -50,6 +51,7 @@ class SearchConfig:
     run_dir: str | None = None
     storage: str | None = None
     data_dir: str | None = None
+    timeout: float | None = None  # seconds: no new trial starts after this (wall clock of this invocation)
     space_options: dict[str, Any] = field(default_factory=dict)
     evaluator_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +135,8 @@ class Search:
         self.objectives = cfg.parsed_objectives()
         if cfg.trials < 1:
             raise UserInputError(f"trials={cfg.trials} must be >= 1")
+        if cfg.timeout is not None and cfg.timeout <= 0:
+            raise UserInputError(f"timeout={cfg.timeout} must be > 0 seconds")
         self.space: SearchSpace[Any] = get_space(cfg.space, **cfg.space_options)
         make_sampler(cfg.sampler, cfg.seed, cfg.trials, cfg.sampler_options)  # validates name and options
         self.run_dir = Path(cfg.run_dir or default_run_dir(cfg.space))
@@ -181,7 +185,8 @@ class Search:
         done = count_finished(study)
         if on_trial is not None:
             on_trial(None, done, self.cfg.trials)
-        while done < self.cfg.trials:
+        deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
+        while done < self.cfg.trials and (deadline is None or time.monotonic() < deadline):
             trial = self._run_one(study)
             done += 1
             write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
@@ -201,6 +206,10 @@ class Search:
             log.warning("trial %d failed: %s", trial.number, exc)
             trial.set_user_attr("fail_reason", str(exc))
             return study.tell(trial, state=TrialState.FAIL)
+        except Screened as exc:
+            trial.set_user_attr("screened", str(exc))
+            trial.set_user_attr("metrics", exc.metrics)
+            return study.tell(trial, state=TrialState.PRUNED)
         trial.set_user_attr("metrics", metrics)
         return study.tell(trial, [metrics[name] for name, _ in self.objectives])
 
@@ -306,7 +315,8 @@ def write_trials_csv(study: optuna.Study, path: Path, objectives: Sequence[tuple
     writer.writerow(["number", "state", "arch", *metric_names, "fail_reason"])
     for t in trials:
         metrics = t.user_attrs.get("metrics", {})
-        reason = t.user_attrs.get("fail_reason") or ("interrupted" if t.user_attrs.get("interrupted") else "")
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("screened", "")
+        reason = reason or ("interrupted" if t.user_attrs.get("interrupted") else "")
         writer.writerow(
             [
                 t.number,

@@ -45,7 +45,7 @@ def make_record(job: Job) -> dict[str, Any]:
     import torch
 
     from onnx_bench.export import export_architecture
-    from onnx_bench.graph import summarize
+    from onnx_bench.graph import summarize, wl_counts
     from onnx_bench.io import load_onnx
     from onnx_bench.text import describe, token_count
     from search_spaces import get_space
@@ -75,6 +75,7 @@ def make_record(job: Job) -> dict[str, Any]:
         "flops": summary["flops"],
         "peak_activation": summary["peak_activation"],
         "op_histogram": json.dumps(summary["op_histogram"], sort_keys=True),
+        "wl_counts": json.dumps(wl_counts(model)),
         "build_options": json.dumps(job.build_options, sort_keys=True),
         "seed": job.seed,
     }
@@ -207,7 +208,7 @@ def harvest_jobs(run_dir: str | Path) -> list[Job]:
     if not config_path.is_file() or not trials_path.is_file():
         raise UserInputError(f"{run} is not a search run directory (config.yaml and trials.csv expected)")
     config = yaml.safe_load(config_path.read_text()) or {}
-    if config.get("evaluator") != "train":
+    if config.get("evaluator") not in ("train", "predictor+train"):  # only these train their candidates
         return []
     options = dict(config.get("evaluator_options") or {})
     build_keys = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary", "num_classes")

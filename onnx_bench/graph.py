@@ -268,3 +268,49 @@ def _depth(g: nx.DiGraph) -> int | None:
 
 def _json_shape(shape: Shape | None) -> list[Dim] | None:
     return None if shape is None else list(shape)
+
+
+WL_DIM = 512
+WL_ITERATIONS = 2
+_WL_ATTRS = ("kernel_shape", "strides", "dilations")
+
+
+def _wl_label(node: onnx.NodeProto) -> str:
+    parts = [node.op_type if node.domain in STANDARD_DOMAINS else f"{node.domain}.{node.op_type}"]
+    for attr in node.attribute:
+        if attr.name in _WL_ATTRS and attr.ints:
+            values = list(attr.ints)
+            parts.append(f"{attr.name}={values[0] if len(set(values)) == 1 else values}")
+        elif attr.name == "group" and attr.i > 1:
+            parts.append("grouped")
+    return ",".join(parts)
+
+
+def _digest(text: str, size: int = 8) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(text.encode(), digest_size=size).digest()
+
+
+def wl_counts(model: onnx.ModelProto, dim: int = WL_DIM, iterations: int = WL_ITERATIONS) -> dict[int, int]:
+    """Weisfeiler-Lehman subtree features of the operator graph (the NAS-BOWL idea, arXiv 2006.07556), hashed.
+
+    Each operator starts with its type and kernel/stride/dilation attributes (``grouped`` for group > 1); each
+    iteration appends the sorted labels of the operators feeding it. The counts of every label of every
+    iteration are hashed into ``dim`` buckets: {bucket: count}, only non-zero buckets. Connectivity, not names,
+    decides the result, so it works for any ONNX graph.
+    """
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    sources = [sorted({producer[x] for x in node.input if x in producer}) for node in nodes]
+    labels = [_digest(_wl_label(node)) for node in nodes]
+    counts: Counter[int] = Counter()
+    for it in range(iterations + 1):
+        for lab in labels:
+            counts[int.from_bytes(_digest(f"{it}|{lab.hex()}"), "little") % dim] += 1
+        if it < iterations:
+            labels = [
+                _digest(lab.hex() + "<" + "|".join(sorted(labels[j].hex() for j in srcs)) + ">")
+                for lab, srcs in zip(labels, sources, strict=True)
+            ]
+    return dict(sorted(counts.items()))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Embedding and ONNX-description caches of the tests live in a fresh directory, never in ~/.cache.
+os.environ["NAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="nas-test-cache-")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -32,6 +32,7 @@ def test_nb201_build_is_incremental(tmp_path: Path, nb201_csv: Path):
     )
     assert len(row["onnx_sha256"]) == 64 and row["tokens_compact"] < row["tokens_chain_slim"]
     assert "Conv" in row["text_chain_slim"] and json.loads(row["op_histogram"])["Conv"] > 0
+    assert sum(json.loads(row["wl_counts"]).values()) == 3 * row["nodes"]  # every operator, 3 WL iterations
     assert not list(out.glob(".*")), "no temp files left"
     summary = info(out)
     assert summary["records"] == 5 and summary["by_space"] == {"nb201": 5}

@@ -239,3 +239,30 @@ def test_random_models(model: onnx.ModelProto) -> None:
 def test_random_models_with_custom_ops(model: onnx.ModelProto) -> None:
     s = _check_invariants(model)
     assert s["custom_ops"] == (["MyOp"] if any(n.domain == CUSTOM_DOMAIN for n in model.graph.node) else [])
+
+
+def _chain_model(names: list[str], residual: bool) -> onnx.ModelProto:
+    """x -> Relu -> Relu -> (Add with x when residual, else Relu): node and tensor names from ``names``."""
+    a, b, c = names
+    nodes = [helper.make_node("Relu", ["x"], [a]), helper.make_node("Relu", [a], [b])]
+    nodes.append(helper.make_node("Add", [b, "x"], [c]) if residual else helper.make_node("Add", [b, a], [c]))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info(c, TensorProto.FLOAT, [1, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def test_wl_counts_see_connectivity_not_names() -> None:
+    from onnx_bench.graph import wl_counts
+
+    one = wl_counts(_chain_model(["t1", "t2", "t3"], residual=True))
+    renamed = wl_counts(_chain_model(["p", "q", "r"], residual=True))
+    rewired = wl_counts(_chain_model(["t1", "t2", "t3"], residual=False))
+    assert one == renamed
+    assert one != rewired  # same ops, other edges
+    assert sum(one.values()) == 3 * 3  # 3 operators x (iterations 0, 1, 2)
+    cnn = wl_counts(tiny_cnn())
+    assert cnn and all(0 <= k < 512 for k in cnn)

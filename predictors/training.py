@@ -1,0 +1,150 @@
+"""Train and evaluate predictors on an ONNX-Bench: the code behind `nas predictor train|eval` and the scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from onnx_bench.bench import read_bench
+from predictors.encoder import DEFAULT_ENCODER, Encoder
+from predictors.metrics import all_metrics
+from predictors.predictor import Predictor, TrainOptions, train_predictor
+from predictors.zero_shot import SUMMARY_KEYS, bench_inputs, target_column
+from search_spaces.base import UserInputError
+
+EVAL_CAP = 5000  # held-out records scored for the figures stored in a predictor file
+
+
+TARGET = "_target"  # the column holding each record's target (the first of the requested columns it has)
+GROUP = "_group"  # (space, target column) of each record: ranking pairs stay within a group
+
+
+@dataclass
+class BenchData:
+    frame: pd.DataFrame
+    target: str  # the bench column(s), comma-joined
+    embeddings: np.ndarray
+    summaries: list[dict[str, Any]]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.frame[TARGET].to_numpy(dtype=np.float64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.frame[GROUP].to_numpy(dtype=np.int64)
+
+    def subset(self, index: np.ndarray) -> BenchData:
+        return BenchData(
+            self.frame.iloc[index].reset_index(drop=True),
+            self.target,
+            self.embeddings[index],
+            [self.summaries[i] for i in index],
+        )
+
+
+def load_bench_data(
+    bench: str | Path,
+    target: str,
+    *,
+    space: str | None = None,
+    text_format: str = "compact",
+    encoder: Encoder | None = None,
+    show_progress: bool = False,
+) -> BenchData:
+    """Records of ``bench`` (of ``space``) with a finite target, embedded (cached). ``target`` may list several
+    columns (``cifar10_valid_acc,accuracy``): each record takes the first one it has a value for."""
+    frame = read_bench(bench)
+    if frame.empty:
+        raise UserInputError(f"bench {bench} holds no records")
+    if space is not None:
+        spaces = sorted(frame["space"].unique())
+        frame = frame[frame["space"] == space]
+        if frame.empty:
+            raise UserInputError(f"bench {bench} has no records of space {space!r}; it has {', '.join(spaces)}")
+    columns = [target_column(frame, t.strip()) for t in target.split(",") if t.strip()]
+    if not columns:
+        raise UserInputError(f"no target column in {target!r}")
+    frame = frame.copy()
+    frame[TARGET] = np.nan
+    frame["_target_column"] = ""
+    for c in columns:
+        values = frame[c].astype(float)
+        take = frame[TARGET].isna() & np.isfinite(values)
+        frame.loc[take, TARGET] = values[take]
+        frame.loc[take, "_target_column"] = c
+    frame = frame[frame[TARGET].notna()].reset_index(drop=True)
+    labels = frame["space"].astype(str) + "|" + frame["_target_column"]
+    frame[GROUP] = pd.factorize(labels, sort=True)[0]
+    column = ",".join(columns)
+    if len(frame) < 2:
+        raise UserInputError(f"bench {bench} has {len(frame)} records with a value for {target!r}; need >= 2")
+    texts, summaries = bench_inputs(frame, text_format)
+    encoder = encoder or Encoder()
+    embeddings = encoder.encode(texts, show_progress=show_progress)
+    return BenchData(frame, column, embeddings, summaries)
+
+
+def split(n: int, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices: ``samples`` random records to train on, the rest held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    if samples is None:
+        return order, np.array([], dtype=int)
+    if not 2 <= samples <= n:
+        raise UserInputError(f"--samples {samples} must be in 2..{n} (records with a target value)")
+    return order[:samples], order[samples:]
+
+
+def fit(
+    data: BenchData,
+    train_idx: np.ndarray,
+    options: TrainOptions,
+    *,
+    encoder_name: str = DEFAULT_ENCODER,
+    text_format: str = "compact",
+    held_out: np.ndarray | None = None,
+    bench: str = "",
+) -> Predictor:
+    """Train on ``train_idx``; when ``held_out`` is given, store its figures (at most EVAL_CAP records)."""
+    part = data.subset(train_idx)
+    meta: dict[str, Any] = {
+        "training_data": {
+            "bench": bench,
+            "spaces": sorted(part.frame["space"].unique().tolist()),
+            "target": data.target,
+            "records": len(train_idx),
+            "records_per_space": {str(k): int(v) for k, v in part.frame["space"].value_counts().items()},
+        }
+    }
+    predictor = train_predictor(
+        part.embeddings,
+        part.summaries,
+        part.y,
+        options,
+        encoder_name=encoder_name,
+        text_format=text_format,
+        meta=meta,
+        groups=part.groups,
+    )
+    if held_out is not None and len(held_out) >= 2:
+        ev = held_out[:EVAL_CAP]
+        predictor.meta["evaluation"] = {"held_out": evaluate(predictor, data.subset(ev))}
+    return predictor
+
+
+def evaluate(predictor: Predictor, data: BenchData) -> dict[str, float]:
+    scores = predictor.score_embeddings(data.embeddings, data.summaries)
+    return all_metrics(scores, data.y)
+
+
+def baseline_figures(data: BenchData) -> dict[str, dict[str, float]]:
+    """#params and FLOPs as rankers on the same records."""
+    return {
+        key: all_metrics(data.frame[key].to_numpy(dtype=np.float64), data.y)
+        for key in ("params", "flops")
+        if key in SUMMARY_KEYS
+    }

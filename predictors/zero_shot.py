@@ -1,0 +1,108 @@
+"""Score ONNX files (from anywhere) and bench records with a predictor: the glue between `onnx_bench` and
+`predictors.predictor`.
+
+An ONNX file's text and graph summary are cached beside the embeddings, keyed by (absolute path, size,
+modification time), so a warm call reads no model at all: it stats the file, looks up two cache rows and runs
+the head.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from onnx_bench.io import load_onnx
+from predictors.encoder import Encoder
+from predictors.predictor import Predictor
+from search_spaces.base import UserInputError
+
+DEFAULT_PREDICTOR = "default_predictor.safetensors"
+SUMMARY_KEYS = ("params", "flops", "nodes", "depth", "peak_activation", "op_histogram", "wl_counts")
+
+
+def default_predictor_path() -> Path:
+    return Path(str(importlib.resources.files("predictors") / DEFAULT_PREDICTOR))
+
+
+def load_predictor(path: str | Path | None = None) -> Predictor:
+    """The predictor at ``path``; the one shipped in the package when None."""
+    if path is None:
+        path = default_predictor_path()
+        if not path.is_file():
+            raise UserInputError(f"no default predictor in this install ({path}); pass --predictor FILE")
+    return Predictor.load(path)
+
+
+def describe_model(model: Any, text_format: str) -> tuple[str, dict[str, Any]]:
+    """(text, summary) of a loaded ONNX model: what a predictor reads."""
+    from onnx_bench.graph import summarize, wl_counts
+    from onnx_bench.text import describe
+
+    text = describe(model, text_format)
+    full = {**summarize(model), "wl_counts": wl_counts(model)}
+    return text, {k: full[k] for k in SUMMARY_KEYS}
+
+
+def _doc_key(path: Path, text_format: str) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{text_format}"
+
+
+def describe_files(
+    paths: Sequence[str | Path], text_format: str, encoder: Encoder
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Texts and summaries of ONNX files, from the cache where the file is unchanged."""
+    files = [Path(p) for p in paths]
+    keys = []
+    for f in files:
+        if not f.is_file():
+            raise UserInputError(f"ONNX file not found: {f}")
+        keys.append(_doc_key(f, text_format))
+    cached = encoder.cache.get_docs(keys)
+    texts, summaries, new = [], [], {}
+    for f, key in zip(files, keys, strict=True):
+        if key in cached:
+            doc = json.loads(cached[key])
+        else:
+            text, summary = describe_model(load_onnx(f, check=False), text_format)
+            doc = {"text": text, "summary": summary}
+            new[key] = json.dumps(doc)
+        texts.append(doc["text"])
+        summaries.append(doc["summary"])
+    encoder.cache.put_docs(new)
+    return texts, summaries
+
+
+def score_files(paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None) -> np.ndarray:
+    encoder = encoder or Encoder(predictor.encoder_name)
+    texts, summaries = describe_files(paths, predictor.text_format, encoder)
+    return predictor.score(texts, summaries, encoder)
+
+
+def bench_inputs(frame: pd.DataFrame, text_format: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Texts and summaries of bench records, as the predictor reads them."""
+    column = f"text_{text_format}"
+    if column not in frame.columns:
+        raise UserInputError(f"bench has no {column!r} column")
+    missing = [k for k in SUMMARY_KEYS if k not in frame.columns]
+    if missing:
+        raise UserInputError(f"bench lacks {missing[0]!r} (built by an older version): rebuild it into a new --out")
+    records: list[dict[str, Any]] = [
+        {str(k): v for k, v in r.items()} for r in frame[list(SUMMARY_KEYS)].to_dict("records")
+    ]
+    return [str(t) for t in frame[column].tolist()], records
+
+
+def target_column(frame: pd.DataFrame, target: str) -> str:
+    """The bench column for ``target`` (``metric_`` prefix optional)."""
+    for name in (target, f"metric_{target}"):
+        if name in frame.columns:
+            return name
+    metrics = sorted(c.removeprefix("metric_") for c in frame.columns if c.startswith("metric_"))
+    raise UserInputError(f"unknown target {target!r}; bench metrics: {', '.join(metrics) or '(none)'}")

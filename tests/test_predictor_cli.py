@@ -1,0 +1,131 @@
+"""`nas predictor train|eval`, `nas predict` and the predictor evaluators as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nas.evaluators import load_nb201_table
+from onnx_bench.bench import build, nb201_jobs, read_bench
+from predictors.predictor import Predictor
+from predictors.training import load_bench_data
+from tests.test_cli import assert_one_line_error, nas
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, nb201_csv: Path) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    build(nb201_jobs(load_nb201_table(str(nb201_csv)), limit=40), out, workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictor_file(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pred") / "p.safetensors"
+    proc = nas(
+        "predictor", "train", "--bench", str(bench), "--target", "cifar10_valid_acc",
+        "--samples", "30", "--epochs", "40", "--out", str(path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "kendall_tau" in proc.stdout
+    return path
+
+
+def test_train_stores_metadata_and_held_out_figures(predictor_file: Path, bench: Path):
+    pred = Predictor.load(predictor_file)
+    assert pred.encoder_name == "all-MiniLM-L6-v2" and pred.text_format == "compact"
+    assert pred.meta["training_data"]["records"] == 30
+    assert pred.meta["training_data"]["target"] == "metric_cifar10_valid_acc"
+    assert pred.meta["evaluation"]["held_out"]["n"] == 10.0
+    proc = nas("predictor", "eval", str(predictor_file), "--bench", str(bench), "--json")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert figures["n"] == 40 and -1 <= figures["kendall_tau"] <= 1 and "precision_at_10" in figures
+
+
+def test_predict_scores_an_exported_file_like_its_bench_record(predictor_file: Path, bench: Path, tmp_path: Path):
+    frame = read_bench(bench)
+    row = frame.iloc[7]
+    path = tmp_path / "cell.onnx"
+    assert nas("export", "--space", "nb201", "--arch", row["arch"], "-o", str(path)).returncode == 0
+    other = tmp_path / "other.onnx"
+    assert nas("export", "--space", "nb201", "--arch", frame.iloc[3]["arch"], "-o", str(other)).returncode == 0
+    proc = nas("predict", str(path), str(other), "--predictor", str(predictor_file), "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["file"] for d in lines] == [str(path), str(other)]
+    # The same network reaches the predictor as the same text: the score equals the bench record's score.
+    pred = Predictor.load(predictor_file)
+    data = load_bench_data(bench, "cifar10_valid_acc")
+    expected = pred.score_embeddings(data.embeddings, data.summaries)
+    index = {a: i for i, a in enumerate(data.frame["arch"])}
+    assert lines[0]["score"] == pytest.approx(expected[index[row["arch"]]], abs=1e-4)
+    assert lines[1]["score"] == pytest.approx(expected[index[frame.iloc[3]["arch"]]], abs=1e-4)
+
+
+def test_predict_bad_inputs(predictor_file: Path, tmp_path: Path):
+    assert_one_line_error(
+        nas("predict", str(tmp_path / "missing.onnx"), "--predictor", str(predictor_file)), "missing.onnx"
+    )
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage" * 10)
+    assert_one_line_error(nas("predict", str(junk), "--predictor", str(predictor_file)), "junk.onnx")
+    fake = tmp_path / "fake.safetensors"
+    fake.write_text("not a predictor")
+    assert_one_line_error(nas("predict", str(junk), "--predictor", str(fake)), "not a predictor file")
+
+
+def test_train_bad_inputs(bench: Path, tmp_path: Path):
+    out = tmp_path / "p.safetensors"
+    common = ["predictor", "train", "--bench", str(bench), "--out", str(out)]
+    assert_one_line_error(nas(*common, "--target", "beauty"), "'beauty'")
+    assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--samples", "999"), "--samples 999")
+    assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--space", "nasnet"), "'nasnet'")
+    assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--loss", "hinge"), "'hinge'")
+    assert not out.exists()
+
+
+def test_search_with_the_predictor_evaluator(predictor_file: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    proc = nas(
+        "search", "--space", "nb201", "--evaluator", "predictor", "--predictor", str(predictor_file),
+        "--trials", "4", "--sampler", "random", "--run-dir", str(run), "--channels", "8",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    pareto = json.loads((run / "pareto.json").read_text())
+    assert pareto["objectives"] == ["score:max", "params:min"]
+    assert all(np.isfinite(m["metrics"]["score"]) for m in pareto["members"])
+    assert yaml.safe_load((run / "config.yaml").read_text())["evaluator"] == "predictor"
+
+
+def test_predictor_train_evaluator_screens_and_trains(predictor_file: Path, tmp_path: Path, data_dir: Path):
+    from nas.search import Search, SearchConfig
+
+    cfg = SearchConfig(
+        space="nb201",
+        evaluator="predictor+train",
+        objectives=["accuracy:max", "params:min"],
+        trials=8,
+        sampler="random",
+        run_dir=str(tmp_path / "run"),
+        data_dir=str(data_dir),
+        evaluator_options={
+            "predictor": str(predictor_file), "explore": 0.0, "epochs": 1, "train_images": 128,
+            "val_images": 64, "batch_size": 32, "cells_per_stage": 1, "channels": 8, "test_images": 64,
+        },
+    )  # fmt: skip
+    result = Search(cfg).run()
+    with open(tmp_path / "run" / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    states = [r["state"] for r in rows]
+    assert "COMPLETE" in states and "PRUNED" in states  # some trained, some screened out without training
+    assert result.completed == states.count("COMPLETE")
+    for r in rows:  # every candidate was scored; only trained ones have an accuracy
+        assert r["score"] != ""
+        assert (r["accuracy"] != "") == (r["state"] == "COMPLETE")
