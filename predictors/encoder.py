@@ -157,7 +157,9 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
 
     def windows(self, text: str) -> list[tuple[str, int]]:
         """``text`` cut at token boundaries into (piece, tokens) that each fit the window."""

@@ -34,6 +34,7 @@ class TrainOptions:
     hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.1
     epochs: int = 300
+    max_steps: int = 2000  # optimizer steps per head at most: large training sets get fewer epochs
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -252,7 +253,7 @@ def train_predictor(
     )
     x = predictor.inputs(embeddings, summaries)
     yt = torch.from_numpy(z.astype(np.float32))
-    gt = torch.from_numpy(g)
+    gt = torch.from_numpy(g.copy())
     for k, member in enumerate(predictor.head.members):
         _fit_member(member, x, yt, gt, opts, opts.seed + k)
     predictor.head.eval()
@@ -268,10 +269,11 @@ def _fit_member(
             module.reset_parameters()
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = max(1, -(-len(yt) // opts.batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.epochs * steps_per_epoch)
+    epochs = max(1, min(opts.epochs, opts.max_steps // steps_per_epoch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in range(opts.epochs):
+    for _ in range(epochs):
         order = torch.randperm(len(yt), generator=gen)
         for start in range(0, len(yt), opts.batch_size):
             idx = order[start : start + opts.batch_size]

@@ -129,3 +129,25 @@ def test_predictor_train_evaluator_screens_and_trains(predictor_file: Path, tmp_
     for r in rows:  # every candidate was scored; only trained ones have an accuracy
         assert r["score"] != ""
         assert (r["accuracy"] != "") == (r["state"] == "COMPLETE")
+
+
+def test_shipped_default_predictor_scores_foreign_networks(tmp_path: Path):
+    """`nas predict` works on a fresh install (the default predictor ships in the package) and reads networks
+    that are not from our spaces: here a small transformer, whose text is longer than the encoder window."""
+    import torch
+    from torch import nn
+
+    from onnx_bench.export import export_bytes
+    from predictors.zero_shot import default_predictor_path
+
+    assert default_predictor_path().is_file()
+    torch.backends.mha.set_fastpath_enabled(False)
+    layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True)
+    model = nn.Sequential(
+        nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Flatten(), nn.Linear(8 * 32, 2)
+    )
+    path = tmp_path / "tiny_transformer.onnx"
+    path.write_bytes(export_bytes(model, (8, 32)))
+    proc = nas("predict", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert np.isfinite(json.loads(proc.stdout)["score"])
