@@ -340,6 +340,10 @@ class PredictorTrainEvaluator:
         self.rng = random.Random(self.train.config.seed)
         self.screened: list[tuple[float, float]] = []  # (score, params) of every candidate seen
 
+    def restore(self, earlier: list[dict[str, float]]) -> None:
+        """Resume: the (score, params) of the candidates screened by earlier runs of the same study."""
+        self.screened = [(m["score"], m["params"]) for m in earlier if "score" in m and "params" in m]
+
     def _dominated(self, score: float, params: float) -> bool:
         return any(s >= score and p <= params and (s > score or p < params) for s, p in self.screened)
 

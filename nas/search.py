@@ -182,6 +182,9 @@ class Search:
             load_if_exists=True,
         )
         recover_interrupted(study)
+        restore = getattr(self.evaluator, "restore", None)
+        if restore is not None:  # evaluators with memory (predictor+train) pick up what earlier runs saw
+            restore([t.user_attrs["metrics"] for t in study.get_trials(deepcopy=False) if "metrics" in t.user_attrs])
         done = count_finished(study)
         if on_trial is not None:
             on_trial(None, done, self.cfg.trials)
@@ -269,11 +272,13 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 
 def count_finished(study: optuna.Study) -> int:
-    """Trials that count towards the budget: completed, or failed by their evaluation (not interrupted)."""
+    """Trials that count towards the budget: completed, pruned (screened out without training), or failed by
+    their evaluation (not interrupted)."""
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
     )
 
 

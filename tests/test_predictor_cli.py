@@ -120,9 +120,15 @@ def test_predictor_train_evaluator_screens_and_trains(predictor_file: Path, tmp_
         },
     )  # fmt: skip
     result = Search(cfg).run()
+    cfg.trials = 9
+    resumed = Search(cfg)
+    resumed.run()
+    assert len(resumed.evaluator.screened) == 9  # type: ignore[attr-defined]  # 8 restored + 1 new
+    cfg.trials = 8
     with open(tmp_path / "run" / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 8
+    assert len(rows) == 9
+    rows = rows[:8]
     states = [r["state"] for r in rows]
     assert "COMPLETE" in states and "PRUNED" in states  # some trained, some screened out without training
     assert result.completed == states.count("COMPLETE")
