@@ -85,13 +85,11 @@ def main() -> None:
         rows.append(f"| {arm} | {seed} | {len(pts)} | {screened[arm, seed]} | {value:.4f} |")
     # Benchmark 3: harvest and score with the NB201-only predictor.
     _run(["bench", "harvest", *[str(r) for r in runs.values()], "--out", args.bench])
-    from onnx_bench.bench import read_bench
     from predictors.predictor import Predictor
     from predictors.training import load_bench_data
 
     predictor = Predictor.load(args.predictor)
     data = load_bench_data(args.bench, "accuracy", space="nasnet", text_format=predictor.text_format)
-    frame = read_bench(args.bench)
     scores = predictor.score_embeddings(data.embeddings, data.summaries)
     y = data.y
     transfer = {
@@ -113,7 +111,7 @@ def main() -> None:
         + f" Hypervolume of (validation accuracy, params) fronts, reference point (0, {ref:.0f} params), normalised "
         "to the box; higher is better.\n\n"
         f"Transfer across spaces (benchmark 3): {len(y)} trained NASNet candidates harvested from these searches "
-        f"(`{args.bench}`, {frame['arch'].nunique()} distinct architectures), their validation accuracy after the "
+        f"(`{args.bench}`, {data.frame['arch'].nunique()} distinct architectures), their validation accuracy after the "
         "fixed budget as ground truth (one training run each, so it carries seed noise):\n\n"
         "| ranker | Kendall tau | Spearman rho |\n|---|---|---|\n" + "\n".join(t_rows)
     )

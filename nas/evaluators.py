@@ -60,6 +60,17 @@ def make_evaluator(name: str, space: SearchSpace[Any], **options: Any) -> Evalua
     return _REGISTRY[name](space, **options)
 
 
+def profile(model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
+    """What every evaluator reports without training: params, FLOPs and measured CPU latency."""
+    from nas.profile import count_flops, count_params, measure_latency_ms
+
+    return {
+        "params": float(count_params(model)),
+        "flops": float(count_flops(model, shape)),
+        "latency_ms": measure_latency_ms(model, shape),
+    }
+
+
 BUILD_KEYS = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary", "num_classes")
 
 
@@ -100,27 +111,22 @@ class TrainEvaluator:
         return self.space.build(arch, **self.build_options)
 
     def evaluate(self, arch: Any) -> dict[str, float]:
-        from nas.profile import count_flops, count_params, measure_latency_ms
-
         model = self.build(arch)
-        shape = self.space.input_shape
-        metrics = {
-            "params": float(count_params(model)),
-            "flops": float(count_flops(model, shape)),
-            "latency_ms": measure_latency_ms(model, shape),
-        }
+        return {**profile(model, self.space.input_shape), **self.fit(arch, model)}
+
+    def fit(self, arch: Any, model: nn.Module) -> dict[str, float]:
+        """Train ``model`` (built by `build`); save its weights; accuracy, seconds and loss."""
         try:
             result = train_model(model, self.data, self.config)
         except Diverged as exc:
             raise TrialFailed(f"diverged: {exc}") from exc
-        metrics.update(accuracy=result.val_accuracy, train_seconds=result.seconds, train_loss=result.train_loss)
         if self.artifacts_dir is not None:
             self.artifacts_dir.mkdir(parents=True, exist_ok=True)
             path = self.artifacts_dir / f"{arch_digest(self.space.encode(arch))}.pt"
             tmp = path.with_suffix(".pt.tmp")
             torch.save(model.cpu().state_dict(), tmp)
             tmp.replace(path)
-        return metrics
+        return {"accuracy": result.val_accuracy, "train_seconds": result.seconds, "train_loss": result.train_loss}
 
     def model(self, arch: Any) -> nn.Module:
         model = self.build(arch)
@@ -258,7 +264,6 @@ class _PredictorScorer:
         return self.space.build(arch, **self.build_options).eval()
 
     def score(self, arch: Any) -> dict[str, float]:
-        from nas.profile import count_flops, count_params, measure_latency_ms
         from onnx_bench.export import export_bytes
         from onnx_bench.io import load_onnx
         from predictors.zero_shot import describe_model
@@ -268,12 +273,7 @@ class _PredictorScorer:
         proto = load_onnx(export_bytes(model, shape), check=False)
         text, summary = describe_model(proto, self.predictor.text_format)
         score = float(self.predictor.score([text], [summary], self.encoder)[0])
-        return {
-            "score": score,
-            "params": float(count_params(model)),
-            "flops": float(count_flops(model, shape)),
-            "latency_ms": measure_latency_ms(model, shape),
-        }
+        return {"score": score, **profile(model, shape)}
 
 
 @register("predictor")
@@ -353,9 +353,9 @@ class PredictorTrainEvaluator:
         self.screened.append((cheap["score"], cheap["params"]))
         if dominated and self.rng.random() >= self.explore:
             raise Screened(f"screened out: predicted score {cheap['score']:.4g} dominated", cheap)
-        metrics = self.train.evaluate(arch)
-        metrics["score"] = cheap["score"]
-        return metrics
+        # The architecture's params/FLOPs/latency were measured by the screen: only the training is left.
+        score = cheap.pop("score")
+        return {**cheap, **self.train.fit(arch, self.train.build(arch)), "score": score}
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
         return self.train.final_metrics(arch)

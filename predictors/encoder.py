@@ -71,46 +71,38 @@ class EmbeddingCache:
     def key(encoder: str, text: str) -> str:
         return hashlib.sha256(f"{encoder}\0{text}".encode()).hexdigest()
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    def _get(self, table: str, keys: Sequence[str]) -> dict[str, Any]:
+        """{key: value} of the rows of ``table`` (``emb`` or ``docs``) whose key is in ``keys``."""
         db = self._db()
         if db is None or not keys:
             return {}
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, Any] = {}
         with self._lock:
-            for start in range(0, len(keys), 500):
+            for start in range(0, len(keys), 500):  # SQLite bounds the number of parameters of one query
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                for k, blob in db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
-                    out[k] = np.frombuffer(blob, dtype=np.float32)
+                out.update(db.execute(f"SELECT * FROM {table} WHERE key IN ({marks})", chunk))
         return out
 
-    def put_many(self, items: dict[str, np.ndarray]) -> None:
+    def _put(self, table: str, rows: list[tuple[str, Any]]) -> None:
         db = self._db()
-        if db is None or not items:
+        if db is None or not rows:
             return
-        rows = [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
         with self._lock, db:
-            db.executemany("INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)", rows)
+            db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", rows)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        return {k: np.frombuffer(blob, dtype=np.float32) for k, blob in self._get("emb", keys).items()}
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        self._put("emb", [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
 
     def get_docs(self, keys: Sequence[str]) -> dict[str, str]:
         """JSON documents (an ONNX file's text and summary) by key; see `predictors.zero_shot`."""
-        db = self._db()
-        if db is None or not keys:
-            return {}
-        out: dict[str, str] = {}
-        with self._lock:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                out.update(db.execute(f"SELECT key, doc FROM docs WHERE key IN ({marks})", chunk))
-        return out
+        return self._get("docs", keys)
 
     def put_docs(self, items: dict[str, str]) -> None:
-        db = self._db()
-        if db is None or not items:
-            return
-        with self._lock, db:
-            db.executemany("INSERT OR REPLACE INTO docs (key, doc) VALUES (?, ?)", list(items.items()))
+        self._put("docs", list(items.items()))
 
 
 class Encoder:

@@ -189,11 +189,9 @@ class Predictor:
         except RuntimeError as exc:
             raise UserInputError(f"predictor {path}: weights do not match its metadata") from exc
         head.eval()
-        known = {"format_version", "encoder", "text_format", "use_features", "feature_names", "feature_mean"}
-        known |= {"feature_std", "target_mean", "target_std", "head", "use_embedding"}
         if list(meta["feature_names"]) != list(FEATURE_NAMES):
             raise UserInputError(f"predictor {path} was made with other graph features; retrain it")
-        return cls(
+        predictor = cls(
             head=head,
             encoder_name=meta["encoder"],
             text_format=meta["text_format"],
@@ -203,8 +201,9 @@ class Predictor:
             feature_std=list(meta["feature_std"]),
             target_mean=float(meta["target_mean"]),
             target_std=float(meta["target_std"]),
-            meta={k: v for k, v in meta.items() if k not in known},
         )
+        predictor.meta = {k: v for k, v in meta.items() if k not in predictor.metadata()}  # what `save` adds
+        return predictor
 
 
 def train_predictor(

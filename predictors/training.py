@@ -13,7 +13,7 @@ from onnx_bench.bench import read_bench
 from predictors.encoder import DEFAULT_ENCODER, Encoder
 from predictors.metrics import all_metrics
 from predictors.predictor import Predictor, TrainOptions, train_predictor
-from predictors.zero_shot import SUMMARY_KEYS, bench_inputs, target_column
+from predictors.zero_shot import bench_inputs, target_column
 from search_spaces.base import UserInputError
 
 EVAL_CAP = 5000  # held-out records scored for the figures stored in a predictor file
@@ -139,12 +139,3 @@ def fit(
 def evaluate(predictor: Predictor, data: BenchData) -> dict[str, float]:
     scores = predictor.score_embeddings(data.embeddings, data.summaries)
     return all_metrics(scores, data.y)
-
-
-def baseline_figures(data: BenchData) -> dict[str, dict[str, float]]:
-    """#params and FLOPs as rankers on the same records."""
-    return {
-        key: all_metrics(data.frame[key].to_numpy(dtype=np.float64), data.y)
-        for key in ("params", "flops")
-        if key in SUMMARY_KEYS
-    }
