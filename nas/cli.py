@@ -41,9 +41,15 @@ def _root(
 
 @app.command()
 def search(
-    space: Annotated[str | None, typer.Option(help="Search space: nasnet, darts, nb201.")] = None,
+    space: Annotated[
+        str | None, typer.Option(help="Search space: nasnet, darts, nb201, transformer, transformer-small.")
+    ] = None,
     evaluator: Annotated[
-        str | None, typer.Option(help="train (CIFAR-10), table (NB201 ground truth), predictor, predictor+train.")
+        str | None,
+        typer.Option(
+            help="train (CIFAR-10 / SST-2), table (NB201 ground truth), predictor, predictor+train, "
+            "proxy:NAME (a training-free proxy), ensemble (mean percentile of proxies)."
+        ),
     ] = None,
     objectives: Annotated[str | None, typer.Option(help="Comma list of NAME:max|min.")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to finish (completed or failed).")] = None,
@@ -55,8 +61,12 @@ def search(
     config: Annotated[Path | None, typer.Option(help="YAML file with any of these settings.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
     epochs: Annotated[int | None, typer.Option(help="train: epochs per candidate.")] = None,
-    train_images: Annotated[int | None, typer.Option(help="train: training images per candidate.")] = None,
-    val_images: Annotated[int | None, typer.Option(help="train: validation images.")] = None,
+    train_images: Annotated[
+        int | None, typer.Option(help="train: training images (sentences for text spaces) per candidate.")
+    ] = None,
+    val_images: Annotated[
+        int | None, typer.Option(help="train: validation images (at most the 872 SST-2 dev sentences).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="train: batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="train: peak learning rate.")] = None,
     channels: Annotated[int | None, typer.Option(help="Initial channels of built networks.")] = None,
@@ -82,8 +92,6 @@ def search(
         "timeout": timeout,
     }
     data.update({k: v for k, v in given.items() if v is not None})
-    if data.get("evaluator") == "predictor" and "objectives" not in data:
-        data["objectives"] = "score:max,params:min"  # the predictor's metric is a score, not an accuracy
     cfg = SearchConfig.from_dict(data, source=str(config) if config else "options")
     flags = {
         "epochs": epochs,
@@ -117,7 +125,7 @@ def search(
 
 @app.command()
 def evaluate(
-    space: Annotated[str, typer.Option(help="Search space: nasnet, darts, nb201.")],
+    space: Annotated[str, typer.Option(help="Search space: nasnet, darts, nb201, transformer, transformer-small.")],
     arch: Annotated[str, typer.Option(help="Encoded architecture (the space's canonical string).")],
     evaluator: Annotated[str, typer.Option(help="train or table.")] = "train",
     config: Annotated[Path | None, typer.Option(help="YAML file with evaluator_options.")] = None,
@@ -159,7 +167,7 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 @app.command("export")
 def export_cmd(
-    space: Annotated[str, typer.Option(help="Search space: nasnet, darts, nb201.")],
+    space: Annotated[str, typer.Option(help="Search space: nasnet, darts, nb201, transformer, transformer-small.")],
     arch: Annotated[str, typer.Option(help="Encoded architecture.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
     seed: Annotated[int, typer.Option(help="Weight initialisation seed (same seed, same bytes).")] = 0,
@@ -382,6 +390,107 @@ def predict(
             print(json.dumps({"file": str(f), "score": round(float(score), 6)}))
         else:
             out.print(f"{score:10.4f}  {f}", highlight=False)
+
+
+@app.command()
+def proxy(
+    files: Annotated[list[Path] | None, typer.Argument(help="ONNX files (activation proxies only).")] = None,
+    proxy_list: Annotated[str, typer.Option("--proxy", help="Comma list of proxies (see --list).")] = "naswot,wpca",
+    space: Annotated[str | None, typer.Option(help="Search space of --arch / --arch-file.")] = None,
+    arch: Annotated[list[str] | None, typer.Option(help="Encoded architecture (repeatable).")] = None,
+    arch_file: Annotated[Path | None, typer.Option(help="File with one encoded architecture a line.")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Append JSON lines here; architectures already in it are skipped.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images / sentences in the fixed batch.")] = 64,
+    eta: Annotated[float, typer.Option(help="vpca/wpca: share of variance the components must exceed.")] = 0.99,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and of the batch.")] = 0,
+    channels: Annotated[int | None, typer.Option(help="Initial channels of built networks.")] = None,
+    layers: Annotated[int | None, typer.Option(help="nasnet: normal cells per stage (N).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line per architecture.")] = False,
+    list_proxies: Annotated[bool, typer.Option("--list", help="List the proxies and exit.")] = False,
+) -> None:
+    """Training-free proxies of architectures (``--space S --arch A``) or of ONNX files, no training."""
+    import json
+
+    from predictors.proxies import ACTIVATION_PROXIES, ProxyConfig, ProxyError, parse_proxy_names, proxy_names
+
+    if list_proxies:
+        for name in proxy_names():
+            kind = "activation (ONNX too)" if name in ACTIVATION_PROXIES else "torch module"
+            out.print(f"{name:10s} {kind}", highlight=False)
+        return
+    names = parse_proxy_names(proxy_list)
+    config = ProxyConfig(seed=seed, batch_size=batch_size, eta=eta)
+    data = str(data_dir) if data_dir else None
+    if files and (arch or arch_file or space):
+        raise UserInputError("give ONNX files or --space with --arch/--arch-file, not both")
+
+    def emit(key: str, value: str, values: dict[str, float], sink: Any) -> None:
+        row = {key: value, **{k: (None if v != v else v) for k, v in values.items()}}
+        line = json.dumps(row)
+        if sink is not None:
+            sink.write(line + "\n")
+            sink.flush()
+        if json_out:
+            print(line, flush=True)
+        else:
+            cells = "  ".join(f"{k}={v:.6g}" for k, v in values.items())
+            out.print(f"{cells}  {value}", highlight=False, soft_wrap=True)
+
+    try:
+        if files:
+            from predictors.proxies.onnx_act import onnx_proxies
+
+            for f in files:
+                values, notes = onnx_proxies(f, names, config, data)
+                for note in notes:
+                    err.print(f"{f}: {note}", markup=False, highlight=False)
+                emit("file", str(f), values, None)
+            return
+        if space is None or not (arch or arch_file):
+            raise UserInputError("give ONNX files, or --space with --arch or --arch-file")
+        from nas.proxy_evaluators import _ProxyScorer
+        from search_spaces import get_space
+
+        search_space = get_space(space)
+        encoded = list(arch or [])
+        if arch_file is not None:
+            try:
+                lines = arch_file.read_text().splitlines()
+            except OSError as exc:
+                raise UserInputError(f"cannot read --arch-file {arch_file}: {exc.strerror or exc}") from exc
+            encoded += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        decoded = [search_space.decode(a) for a in encoded]  # every line checked before any work
+        done: set[str] = set()
+        if out_file is not None and out_file.exists():
+            for line in out_file.read_text().splitlines():
+                try:
+                    done.add(json.loads(line)["arch"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a kill: its architecture is scored again
+        build = {k: v for k, v in {"channels": channels, "layers": layers}.items() if v is not None}
+        options: dict[str, Any] = {"seed": seed, "batch_size": batch_size, "eta": eta, **build}
+        scorer = _ProxyScorer(search_space, names, data, options)
+        sink = out_file.open("a") if out_file is not None else None
+        if sink is not None and out_file is not None and out_file.stat().st_size:
+            with out_file.open("rb") as tail:
+                tail.seek(-1, 2)
+                if tail.read(1) != b"\n":
+                    sink.write("\n")  # end a line cut by a kill, so the next record starts clean
+        try:
+            for a in decoded:
+                key = search_space.encode(a)
+                if key in done:
+                    continue
+                emit("arch", key, scorer.values(a), sink)
+                done.add(key)
+        finally:
+            if sink is not None:
+                sink.close()
+    except ProxyError as exc:
+        raise UserInputError(str(exc)) from exc
 
 
 def _run_with_progress(job: Any) -> None:

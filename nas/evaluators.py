@@ -1,4 +1,4 @@
-"""Evaluators by name: ``make_evaluator("train" | "table", ...)``; each maps an architecture to metrics.
+"""Evaluators by name: ``make_evaluator("train" | "table" | "proxy:synflow" | ..., ...)``: architecture -> metrics.
 
 An evaluator is built from plain configuration (names and numbers), so a worker process can rebuild it.
 """
@@ -16,9 +16,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from nas.data import Cifar10
+from nas.text_data import SST2
+from nas.text_train import TextTrainConfig, text_accuracy, text_train_config, train_text_model
 from nas.train import Diverged, TrainConfig, evaluate_accuracy, resolve_device, train_model
 from search_spaces import SearchSpace
-from search_spaces.base import UserInputError, arch_digest
+from search_spaces.base import UserInputError, arch_digest, example_input
 
 
 class TrialFailed(RuntimeError):
@@ -51,32 +54,42 @@ def register(name: str) -> Callable[[Callable[..., Evaluator]], Callable[..., Ev
 
 
 def evaluator_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted([*_REGISTRY, "proxy:NAME", "ensemble"])
 
 
 def make_evaluator(name: str, space: SearchSpace[Any], **options: Any) -> Evaluator:
+    if name == "ensemble" or name.startswith("proxy:"):
+        from nas.proxy_evaluators import make_proxy_evaluator
+
+        return make_proxy_evaluator(name, space, **options)
     if name not in _REGISTRY:
-        raise UserInputError(f"unknown evaluator {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
+        raise UserInputError(f"unknown evaluator {name!r}; valid: {', '.join(evaluator_names())}")
     return _REGISTRY[name](space, **options)
 
 
-def profile(model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
-    """What every evaluator reports without training: params, FLOPs and measured CPU latency."""
+def profile(model: nn.Module, inputs: tuple[int, ...] | torch.Tensor) -> dict[str, float]:
+    """What every evaluator reports without training: params, FLOPs and measured CPU latency, for one input
+    (a shape, or a batch-1 example such as `example_input`)."""
     from nas.profile import count_flops, count_params, measure_latency_ms
 
     return {
         "params": float(count_params(model)),
-        "flops": float(count_flops(model, shape)),
-        "latency_ms": measure_latency_ms(model, shape),
+        "flops": float(count_flops(model, inputs)),
+        "latency_ms": measure_latency_ms(model, inputs),
     }
 
 
 BUILD_KEYS = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary", "num_classes")
+TEXT_BUILD_KEYS = ("dropout", "num_classes")  # spaces with ``modality = "text"``
 
 
 @register("train")
 class TrainEvaluator:
-    """Train each candidate on a CIFAR-10 subset; report validation accuracy, params, FLOPs, CPU latency."""
+    """Train each candidate on a CIFAR-10 subset; report validation accuracy, params, FLOPs, CPU latency.
+
+    For a text space (``modality = "text"``) the data set is SST-2 (`nas.text_train`: AdamW, dev accuracy);
+    the metrics keep their names, ``accuracy`` in percent on the dev sentences.
+    """
 
     metrics: tuple[str, ...] = ("accuracy", "params", "flops", "latency_ms", "train_seconds", "train_loss")
 
@@ -92,19 +105,34 @@ class TrainEvaluator:
         from nas.data import load_cifar10
 
         self.space = space
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        if getattr(space, "modality", "image") == "text":
+            self._init_text(data_dir, test_images, options)
+            return
         self.build_options = {k: options.pop(k) for k in BUILD_KEYS if k in options}
         train_keys = set(TrainConfig.__dataclass_fields__)
         unknown = sorted(set(options) - train_keys)
         if unknown:
             valid = ", ".join(sorted(train_keys | set(BUILD_KEYS)))
             raise UserInputError(f"unknown train evaluator option {unknown[0]!r}; valid: {valid}")
-        self.config = TrainConfig(**options)
-        self.data = load_cifar10(data_dir)
-        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        self.config: TrainConfig | TextTrainConfig = TrainConfig(**options)
+        self.data: Cifar10 | SST2 = load_cifar10(data_dir)
         if not 1 <= test_images <= len(self.data.test_x):
             raise UserInputError(f"test_images={test_images} must be in 1..{len(self.data.test_x)}")
         self.test_images = test_images
         self.build(space.sample(random.Random(0)))  # bad build options fail here, not mid-run
+
+    def _init_text(self, data_dir: str | None, test_images: int, options: dict[str, Any]) -> None:
+        """SST-2 at the space's sequence length; the CLI's image-named budget options count sentences."""
+        from nas.text_data import load_sst2
+
+        self.build_options = {k: options.pop(k) for k in TEXT_BUILD_KEYS if k in options}
+        self.config = text_train_config(options)
+        self.data = load_sst2(data_dir, max_len=self.space.max_len)  # type: ignore[attr-defined]
+        if test_images < 1:
+            raise UserInputError(f"test_images={test_images} must be >= 1")
+        self.test_images = min(test_images, len(self.data.test_y))  # SST-2 test: 1,821 sentences
+        self.build(self.space.sample(random.Random(0)))
 
     def build(self, arch: Any) -> nn.Module:
         torch.manual_seed(self.config.seed)
@@ -112,12 +140,16 @@ class TrainEvaluator:
 
     def evaluate(self, arch: Any) -> dict[str, float]:
         model = self.build(arch)
-        return {**profile(model, self.space.input_shape), **self.fit(arch, model)}
+        return {**profile(model, example_input(self.space)), **self.fit(arch, model)}
 
     def fit(self, arch: Any, model: nn.Module) -> dict[str, float]:
         """Train ``model`` (built by `build`); save its weights; accuracy, seconds and loss."""
         try:
-            result = train_model(model, self.data, self.config)
+            if isinstance(self.data, SST2) and isinstance(self.config, TextTrainConfig):
+                result: Any = train_text_model(model, self.data, self.config)
+            else:
+                assert isinstance(self.data, Cifar10) and isinstance(self.config, TrainConfig)
+                result = train_model(model, self.data, self.config)
         except Diverged as exc:
             raise TrialFailed(f"diverged: {exc}") from exc
         if self.artifacts_dir is not None:
@@ -137,16 +169,18 @@ class TrainEvaluator:
         return model.eval()
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
-        """Test accuracy on the first ``test_images`` CIFAR-10 test images (all 10,000 by default), from the
-        weights saved by evaluate()."""
+        """Test accuracy on the first ``test_images`` CIFAR-10 test images (all 10,000 by default; SST-2: all
+        1,821 test sentences), from the weights saved by evaluate()."""
         if self.artifacts_dir is None:
             return {}
         path = self.artifacts_dir / f"{arch_digest(self.space.encode(arch))}.pt"
         if not path.exists():
             return {}
         model = self.model(arch).to(resolve_device(self.config.device))
-        n = self.test_images
-        return {"test_accuracy": evaluate_accuracy(model, self.data.test_x[:n], self.data.test_y[:n])}
+        n, data = self.test_images, self.data
+        if isinstance(data, SST2):
+            return {"test_accuracy": text_accuracy(model, data.test_ids[:n], data.test_mask[:n], data.test_y[:n])}
+        return {"test_accuracy": evaluate_accuracy(model, data.test_x[:n], data.test_y[:n])}
 
 
 TABLE_COLUMNS = {
@@ -269,11 +303,11 @@ class _PredictorScorer:
         from predictors.zero_shot import describe_model
 
         model = self.build(arch)
-        shape = self.space.input_shape
-        proto = load_onnx(export_bytes(model, shape), check=False)
+        example = example_input(self.space)
+        proto = load_onnx(export_bytes(model, example=example), check=False)
         text, summary = describe_model(proto, self.predictor.text_format)
         score = float(self.predictor.score([text], [summary], self.encoder)[0])
-        return {"score": score, **profile(model, shape)}
+        return {"score": score, **profile(model, example)}
 
 
 @register("predictor")

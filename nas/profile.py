@@ -14,10 +14,12 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head."))
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def count_flops(model: nn.Module, inputs: tuple[int, ...] | torch.Tensor) -> int:
     """Multiply-accumulates of Conv2d and Linear layers for one input (batch 1), as NAS-Bench-201 counts FLOPs.
 
-    Counted on the inference graph (eval mode), so auxiliary heads that only run in training are excluded.
+    ``inputs``: the shape of one input (a zero image is used) or a batch-1 example (e.g. token ids, see
+    `search_spaces.base.example_input`). Counted on the inference graph (eval mode), so auxiliary heads that only run in
+    training are excluded. Matrix products that are not layers (attention scores) are not counted.
     """
     total = 0
 
@@ -42,7 +44,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model.eval()
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
+            model(inputs if isinstance(inputs, torch.Tensor) else torch.zeros(1, *inputs))
     finally:
         for h in handles:
             h.remove()
@@ -50,12 +52,17 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time in milliseconds of one batch-1 forward pass on the CPU (channels_last), in eval mode."""
+def measure_latency_ms(
+    model: nn.Module, inputs: tuple[int, ...] | torch.Tensor, *, repeats: int = 20, warmup: int = 3
+) -> float:
+    """Median wall time in milliseconds of one batch-1 forward pass on the CPU, in eval mode; image inputs (an
+    input shape, or a 4-D example) run channels_last."""
     was_training = model.training
     model.eval()
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    x = torch.randn(1, *input_shape).contiguous(memory_format=torch.channels_last)
+    x = inputs if isinstance(inputs, torch.Tensor) else torch.randn(1, *inputs)
+    if x.dim() == 4:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
     times = []
     try:
         with torch.inference_mode():

@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.evaluators import Evaluator, Screened, TrialFailed, make_evaluator
 from search_spaces import SearchSpace, get_space
-from search_spaces.base import UserInputError
+from search_spaces.base import UserInputError, example_input
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ IDENTITY_KEYS = ("space", "space_options", "evaluator", "evaluator_options", "ob
 class SearchConfig:
     space: str = "nasnet"
     evaluator: str = "train"
-    objectives: list[str] = field(default_factory=lambda: ["accuracy:max", "params:min"])
+    objectives: list[str] | None = None  # default: the evaluator's (see default_objectives)
     trials: int = 10
     seed: int = 0
     sampler: str = "nsga2"
@@ -62,13 +62,17 @@ class SearchConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserInputError(f"unknown key {unknown[0]!r} in {source}; valid: {', '.join(sorted(known))}")
-        cfg = cls(**data)
-        if isinstance(cfg.objectives, str):
-            cfg.objectives = [o for o in cfg.objectives.split(",") if o]
-        return cfg
+        return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.objectives is None:
+            self.objectives = default_objectives(self.evaluator)
+        elif isinstance(self.objectives, str):
+            self.objectives = [o for o in self.objectives.split(",") if o]
 
     def parsed_objectives(self) -> list[tuple[str, str]]:
         out = []
+        assert self.objectives is not None
         for obj in self.objectives:
             name, sep, direction = obj.partition(":")
             if not sep or direction not in ("max", "min") or not name:
@@ -77,6 +81,17 @@ class SearchConfig:
         if len({n for n, _ in out}) != len(out):
             raise UserInputError(f"objective listed twice in {','.join(self.objectives)!r}")
         return out
+
+
+def default_objectives(evaluator: str) -> list[str]:
+    """Accuracy up and params down; for evaluators without an accuracy, their score up and params down."""
+    if evaluator == "predictor":
+        return ["score:max", "params:min"]
+    if evaluator == "ensemble" or evaluator.startswith("proxy:"):
+        from nas.proxy_evaluators import default_objectives as proxy_objectives
+
+        return proxy_objectives(evaluator)
+    return ["accuracy:max", "params:min"]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -232,7 +247,7 @@ class Search:
             metrics.update(self.evaluator.final_metrics(arch))
             onnx_path = self.run_dir / "pareto" / f"trial_{t.number:04d}.onnx"
             if not onnx_path.exists():
-                export_onnx(self.evaluator.model(arch), onnx_path, self.space.input_shape)
+                export_onnx(self.evaluator.model(arch), onnx_path, example_input(self.space))
             members.append(
                 ParetoMember(t.number, t.user_attrs["arch"], metrics, str(onnx_path.relative_to(self.run_dir)))
             )

@@ -77,6 +77,24 @@ def validation_split(data: Cifar10, cfg: TrainConfig) -> tuple[np.ndarray, np.nd
     return train_idx[: cfg.train_images], val_idx[: cfg.val_images]
 
 
+def step_on(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+    where: str,
+) -> None:
+    """One optimisation step on ``loss`` (gradients clipped to ``grad_clip``); a non-finite loss raises `Diverged`."""
+    if not torch.isfinite(loss):
+        raise Diverged(f"loss became {loss.item()} at {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def train_model(model: nn.Module, data: Cifar10, cfg: TrainConfig) -> TrainResult:
     """Train ``model`` in place on a seeded subset; return validation accuracy (never test accuracy)."""
     device = resolve_device(cfg.device)
@@ -113,13 +131,7 @@ def train_model(model: nn.Module, data: Cifar10, cfg: TrainConfig) -> TrainResul
                 loss = F.cross_entropy(logits, yb) + cfg.aux_weight * F.cross_entropy(aux, yb)
             else:
                 loss = F.cross_entropy(out, yb)
-            if not torch.isfinite(loss):
-                raise Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            step_on(loss, model, optimizer, scheduler, cfg.grad_clip, f"epoch {epoch + 1}, step {step + 1}")
             total_loss += loss.item() * len(batch)
             seen += len(batch)
         epoch_loss = total_loss / len(x_train)

@@ -19,6 +19,7 @@ from torch import nn
 
 from onnx_bench.io import infer_shapes
 from search_spaces import SearchSpace
+from search_spaces.base import example_input
 
 OPSET = 17
 
@@ -149,13 +150,18 @@ def write_atomic(data: bytes, path: str | Path) -> Path:
 def export_onnx(
     model: nn.Module,
     path: str | Path,
-    input_shape: tuple[int, ...],
+    inputs: tuple[int, ...] | torch.Tensor,
     *,
     dynamo: bool = False,
     parity: bool = False,
 ) -> Path:
-    """Export to ``path``: the file only appears once it passed `onnx.checker`."""
-    return write_atomic(export_bytes(model, input_shape, dynamo=dynamo, parity=parity), path)
+    """Export to ``path`` for an input shape or an example batch (e.g. token ids); the file only appears once it
+    passed `onnx.checker`."""
+    if isinstance(inputs, torch.Tensor):
+        data = export_bytes(model, example=inputs, dynamo=dynamo, parity=parity)
+    else:
+        data = export_bytes(model, inputs, dynamo=dynamo, parity=parity)
+    return write_atomic(data, path)
 
 
 def seed_everything(seed: int) -> None:
@@ -192,5 +198,5 @@ def export_architecture(
     model = space.build(arch, **(build_options or {}))
     if state_dict is not None:
         model.load_state_dict(state_dict)
-    data = export_bytes(model, space.input_shape, dynamo=dynamo, parity=parity)
+    data = export_bytes(model, example=example_input(space), dynamo=dynamo, parity=parity)
     return ExportedArchitecture(data, content_hash(data))

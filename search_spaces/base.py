@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import optuna
+    import torch
     from torch import nn
 
 Arch = TypeVar("Arch")
@@ -28,7 +29,13 @@ class SearchSpace(Protocol[Arch]):
     """
 
     name: str
-    input_shape: tuple[int, int, int]  # (C, H, W) of one input image
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one input image; (T,) token ids of a text space."""
+        ...
+
+    # Optional: ``example_input(batch_size) -> torch.Tensor``, a fixed input batch (text spaces: token ids).
 
     def sample(self, rng: random.Random) -> Arch: ...
 
@@ -50,3 +57,15 @@ def arch_digest(encoded: str) -> str:
     import hashlib
 
     return hashlib.sha1(encoded.encode()).hexdigest()[:16]
+
+
+def example_input(space_or_shape: Any, batch_size: int = 1) -> torch.Tensor:
+    """A fixed input batch for a space (or an input shape): the space's own ``example_input`` when it has one
+    (token ids for a text space), else images of ``input_shape`` drawn from N(0, 1) with seed 0."""
+    import torch
+
+    make = getattr(space_or_shape, "example_input", None)
+    if callable(make):
+        return make(batch_size)  # type: ignore[no-any-return]
+    shape = space_or_shape if isinstance(space_or_shape, tuple) else space_or_shape.input_shape
+    return torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(0))
