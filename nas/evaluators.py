@@ -310,6 +310,14 @@ class _PredictorScorer:
         return {"score": score, **profile(model, example)}
 
 
+@register("supernet")
+def _supernet_evaluator(space: SearchSpace[Any], **options: Any) -> Evaluator:
+    """Children ranked by weights inherited from a trained supernet (see `nas.supernet.SupernetEvaluator`)."""
+    from nas.supernet import SupernetEvaluator
+
+    return SupernetEvaluator(space, **options)
+
+
 @register("predictor")
 class PredictorEvaluator:
     """Zero-shot: the predictor's score of the candidate's ONNX text (no training), params, FLOPs, latency."""

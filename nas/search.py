@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from search_spaces.base import UserInputError, example_input
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "random", "coarse2fine")
 STUDY_NAME = "nas"
 # Keys whose change makes an existing run directory a different experiment (resume refuses it).
 IDENTITY_KEYS = ("space", "space_options", "evaluator", "evaluator_options", "objectives", "sampler", "seed")
@@ -132,6 +133,11 @@ def make_sampler(name: str, seed: int, trials: int, options: dict[str, Any]) -> 
         return optuna.samplers.TPESampler(seed=seed, **{"multivariate": True, **options})
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed, **options)
+    if name == "coarse2fine":  # the architectures come from nas.coarse2fine; the study only records them
+        unknown = sorted(set(options) - {"levels"})
+        if unknown:
+            raise UserInputError(f"unknown coarse2fine option {unknown[0]!r}; valid: levels")
+        return optuna.samplers.RandomSampler(seed=seed)
     raise UserInputError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
 
 
@@ -154,6 +160,12 @@ class Search:
             raise UserInputError(f"timeout={cfg.timeout} must be > 0 seconds")
         self.space: SearchSpace[Any] = get_space(cfg.space, **cfg.space_options)
         make_sampler(cfg.sampler, cfg.seed, cfg.trials, cfg.sampler_options)  # validates name and options
+        self.strategy = None
+        if cfg.sampler == "coarse2fine":
+            from nas.coarse2fine import CoarseToFine
+
+            levels = int(cfg.sampler_options.get("levels", 2))
+            self.strategy = CoarseToFine(self.space, maximize=self.objectives[0][1] == "max", levels=levels)
         self.run_dir = Path(cfg.run_dir or default_run_dir(cfg.space))
         self._check_resume()
         options = dict(cfg.evaluator_options)
@@ -215,7 +227,7 @@ class Search:
 
     def _run_one(self, study: optuna.Study) -> FrozenTrial:
         trial = study.ask()
-        arch = self.space.suggest(trial)
+        arch = self._propose(study, trial)
         encoded = self.space.encode(arch)
         trial.set_user_attr("arch", encoded)
         try:
@@ -230,6 +242,20 @@ class Search:
             return study.tell(trial, state=TrialState.PRUNED)
         trial.set_user_attr("metrics", metrics)
         return study.tell(trial, [metrics[name] for name, _ in self.objectives])
+
+    def _propose(self, study: optuna.Study, trial: optuna.Trial) -> Any:
+        """The sampler's architecture (``space.suggest``), or the coarse-to-fine strategy's next child."""
+        if self.strategy is None:
+            return self.space.suggest(trial)
+        history = [
+            (t.user_attrs["arch"], t.values[0] if t.state == TrialState.COMPLETE and t.values else None)
+            for t in study.get_trials(deepcopy=False)
+            if "arch" in t.user_attrs and t.number != trial.number
+        ]
+        arch = self.strategy.next_arch(history)
+        if arch is None:  # grid and every neighbourhood spent: random children from here on
+            arch = self.space.sample(random.Random(self.cfg.seed * 100_003 + trial.number))
+        return arch
 
     def _write_config(self) -> None:
         data = asdict(self.cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,17 +40,22 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "train_images", "val_images", "batch_size"):
-            if getattr(self, key) < 1:
-                raise UserInputError(f"{key}={getattr(self, key)} must be >= 1")
-        if self.train_images > 50_000 - VAL_POOL:
-            raise UserInputError(f"train_images={self.train_images} must be <= {50_000 - VAL_POOL}")
-        if self.val_images > VAL_POOL:
-            raise UserInputError(f"val_images={self.val_images} must be <= {VAL_POOL}")
+        check_budget(self)
         if not self.lr > 0:
             raise UserInputError(f"lr={self.lr} must be > 0")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UserInputError(f"device={self.device!r} must be auto, cpu or cuda[:N]")
+
+
+def check_budget(cfg: Any) -> None:
+    """Epochs, image counts and batch size of a CIFAR-10 training configuration, checked against the split."""
+    for key in ("epochs", "train_images", "val_images", "batch_size"):
+        if getattr(cfg, key) < 1:
+            raise UserInputError(f"{key}={getattr(cfg, key)} must be >= 1")
+    if cfg.train_images > 50_000 - VAL_POOL:
+        raise UserInputError(f"train_images={cfg.train_images} must be <= {50_000 - VAL_POOL}")
+    if cfg.val_images > VAL_POOL:
+        raise UserInputError(f"val_images={cfg.val_images} must be <= {VAL_POOL}")
 
 
 @dataclass(frozen=True)
