@@ -40,7 +40,7 @@ ENSEMBLES = {
 _STATE: dict[str, Any] = {}
 
 
-def _init(batch_size: int, data_dir: str | None) -> None:
+def _init(batch_size: int, data_dir: str | None, seed: int = 0) -> None:
     import torch
 
     from predictors.proxies import ProxyConfig
@@ -48,7 +48,7 @@ def _init(batch_size: int, data_dir: str | None) -> None:
     from search_spaces import get_space
 
     torch.set_num_threads(1)
-    config = ProxyConfig(batch_size=batch_size)
+    config = ProxyConfig(batch_size=batch_size, seed=seed)
     _STATE.update(config=config, batch=image_batch(config, data_dir), space=get_space("nb201"))
 
 
@@ -65,8 +65,8 @@ def _score(arch_str: str) -> dict[str, Any]:
     return {"arch": arch_str, "values": values, "seconds": timings}
 
 
-def _init_v1(batch_size: int, data_dir: str | None) -> None:
-    _init(batch_size, data_dir)
+def _init_v1(batch_size: int, data_dir: str | None, seed: int = 0) -> None:
+    _init(batch_size, data_dir, seed)
     _STATE["proxies"] = ("naswot_v1",)
 
 
@@ -82,7 +82,13 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def compute(
-    out: Path, cells: list[str], workers: int, batch_size: int, data_dir: str | None, init: Any = _init
+    out: Path,
+    cells: list[str],
+    workers: int,
+    batch_size: int,
+    data_dir: str | None,
+    init: Any = _init,
+    seed: int = 0,
 ) -> None:
     done = {r["arch"] for r in read_records(out)}
     todo = [c for c in cells if c not in done]
@@ -92,7 +98,7 @@ def compute(
             f.write("\n")  # end a line cut by a kill
     start = time.perf_counter()
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=init, initargs=(batch_size, data_dir)) as pool, out.open("a") as f:
+    with ctx.Pool(workers, initializer=init, initargs=(batch_size, data_dir, seed)) as pool, out.open("a") as f:
         for i, rec in enumerate(pool.imap_unordered(_score, todo, chunksize=4), 1):
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -139,7 +145,9 @@ def calibrated_ensemble(
     return best, lines
 
 
-def report(out: Path, v1_out: Path, table_path: Path, key: str, cells: list[str], calibration: int) -> None:
+def report(
+    out: Path, v1_out: Path, seed_out: Path, table_path: Path, key: str, cells: list[str], calibration: int
+) -> None:
     from nas.evaluators import load_nb201_table
 
     order = {c: i for i, c in enumerate(cells)}
@@ -186,6 +194,18 @@ def report(out: Path, v1_out: Path, table_path: Path, key: str, cells: list[str]
                 f"against the published `naswot_score_v1`: Spearman {spearman_rho(ours, published):.3f}, "
                 f"Kendall {kendall_tau(ours, published):.3f} (target Spearman >= 0.95)."
             )
+    again = {r["arch"]: r["values"]["naswot_v1"] for r in read_records(seed_out)}
+    first = {r["arch"]: r["values"]["naswot_v1"] for r in read_records(v1_out)}
+    both = [a for a in again if a in first]
+    if both:
+        published = np.array([table[a]["naswot_score_v1"] for a in both])
+        s0, s1 = np.array([first[a] for a in both]), np.array([again[a] for a in both])
+        lines.append(
+            f"Reproducibility of naswot_v1 itself (batch 128, {len(both)} cells): seed 0 against seed 1 "
+            f"(other weights, other batch) Spearman {spearman_rho(s0, s1):.3f}; on the same cells against the "
+            f"published column: seed 0 {spearman_rho(s0, published):.3f}, seed 1 "
+            f"{spearman_rho(s1, published):.3f}, their mean {spearman_rho((s0 + s1) / 2, published):.3f}."
+        )
     for label in ENSEMBLES:
         rho = spearman_rho(ranks[label], truth["CIFAR-10"])
         verdict = "beats" if rho > best_single else "does NOT beat"
@@ -204,6 +224,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="runs/proxies-nb201/values.jsonl")
     parser.add_argument("--v1-check", type=int, default=500, help="cells for naswot_v1 at batch 128 (reference)")
+    parser.add_argument("--seed-check", type=int, default=150, help="cells for naswot_v1 with seed 1 (b128)")
     parser.add_argument("--calibration", type=int, default=500, help="cells that choose the calibrated ensemble")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--key", default="proxies-nb201")
@@ -218,10 +239,13 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     v1_out = out.with_name(out.stem + "-naswot_v1-b128.jsonl")
+    seed_out = out.with_name(out.stem + "-naswot_v1-b128-seed1.jsonl")
     if not args.report_only:
         compute(out, cells, args.workers, args.batch_size, args.data_dir)
         compute(v1_out, cells[: args.v1_check], args.workers, 128, args.data_dir, init=_init_v1)
-    report(out, v1_out, table_path, args.key, cells, args.calibration)
+        # the score's own reproducibility: other weights and another batch (seed 1) on the first cells
+        compute(seed_out, cells[: args.seed_check], args.workers, 128, args.data_dir, init=_init_v1, seed=1)
+    report(out, v1_out, seed_out, table_path, args.key, cells, args.calibration)
 
 
 if __name__ == "__main__":

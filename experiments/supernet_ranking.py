@@ -125,6 +125,10 @@ def main() -> None:
     ]
     for space_name in args.spaces.split(","):
         lines += run_space(space_name, args, data)
+    if args.device == "cpu" and not torch.cuda.is_available():
+        lines.append(
+            f"| {args.spaces} on a CUDA GPU (`--device cuda`, bfloat16) | not measured: no GPU here | | | | | | |"
+        )
     body = "\n".join(lines)
     print(body)
     record(args.key if args.device == "cpu" else f"{args.key}-{args.device}", "Supernets: throughput and ranking", body)

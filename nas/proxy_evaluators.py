@@ -80,7 +80,10 @@ class ProxyEvaluator:
         return self.scorer.build(arch)
 
 
-DEFAULT_MEMBERS = "synflow,naswot,naswot_v1"
+# Chosen by experiments/nb201_proxies.py among all sets of 2-4 proxies on 500 NB201 cells (CIFAR-10 rho), judged
+# on 2,500 others (BENCHMARKS.md). Token models have no input gradient (naswot_v1): W-PCA and snip, the best two
+# on the (noisy) transformer benchmark.
+DEFAULT_MEMBERS = {"image": "synflow,naswot_v1,wpca", "text": "wpca,snip"}
 
 
 class EnsembleEvaluator:
@@ -89,20 +92,22 @@ class EnsembleEvaluator:
     The reference is ``reference`` architectures sampled from the space with the evaluator's seed and scored
     once at start; a candidate's percentile for a member is the share of reference values below it (ties
     count half; a non-finite value is 0). The score is order-independent, so every trial is judged alike.
-    Members are proxy names, and ``predictor`` for the zero-shot predictor (option ``predictor`` = its file).
+    Members are proxy names, and ``predictor`` for the zero-shot predictor (option ``predictor`` = its file);
+    the default is `DEFAULT_MEMBERS` of the space's modality.
     """
 
     def __init__(
         self,
         space: SearchSpace[Any],
         *,
-        members: str = DEFAULT_MEMBERS,
+        members: str | None = None,
         reference: int = 32,
         predictor: str | None = None,
         data_dir: str | None = None,
         **options: Any,
     ) -> None:
         options.pop("artifacts_dir", None)
+        members = members or DEFAULT_MEMBERS[getattr(space, "modality", "image")]
         names = [m.strip() for m in members.split(",") if m.strip()]
         if len(names) < 2:
             raise UserInputError(f"ensemble members={members!r}: give at least two (comma-separated)")
