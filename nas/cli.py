@@ -76,6 +76,19 @@ def search(
     timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
     predictor: Annotated[Path | None, typer.Option(help="predictor evaluators: predictor file.")] = None,
     supernet: Annotated[Path | None, typer.Option(help="supernet evaluator: RUN_DIR/checkpoint.pt.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Evaluate this many trials at once as Ray tasks (a local Ray runtime).")
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Run the tasks on an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT."),
+    ] = None,
+    cpus_per_trial: Annotated[
+        float | None, typer.Option(help="Ray: CPUs (and torch threads) per trial [default: 1].")
+    ] = None,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option(help="Ray: GPUs per trial, fractions share a GPU [default: 0].")
+    ] = None,
 ) -> None:
     """Run (or resume) a multi-objective architecture search; writes the Pareto front to the run directory."""
     from nas.search import Search, SearchConfig, latest_run_dir, load_config_file
@@ -92,6 +105,10 @@ def search(
         "run_dir": str(run_dir) if run_dir else None,
         "data_dir": str(data_dir) if data_dir else None,
         "timeout": timeout,
+        "workers": workers,
+        "ray_address": ray_address,
+        "cpus_per_trial": cpus_per_trial,
+        "gpus_per_trial": gpus_per_trial,
     }
     data.update({k: v for k, v in given.items() if v is not None})
     cfg = SearchConfig.from_dict(data, source=str(config) if config else "options")

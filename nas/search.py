@@ -1,8 +1,9 @@
 """The search loop: an Optuna study over a space, evaluated by an evaluator, kept in a run directory.
 
 A run directory holds ``config.yaml``, ``env.json``, ``study.journal`` (the Optuna storage), ``trials.csv``,
-``pareto.json``, ``pareto/*.onnx`` and ``pareto.png``. Running the same configuration on the same directory
-resumes: completed trials are kept, trials a killed process left RUNNING are failed and redone.
+``pareto.json``, ``pareto/*.onnx`` and ``pareto.png`` (and ``ray.json`` when the trials ran as Ray tasks). Running
+the same configuration on the same directory resumes: completed trials are kept, trials a killed process left
+RUNNING are failed and redone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import optuna.storages.journal
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.evaluators import Evaluator, Screened, TrialFailed, make_evaluator
+from nas.evaluators import Evaluator, make_evaluator
+from nas.ray_backend import RESUBMITS, Outcome, RayBackend, RayOptions, WorkerLost, evaluate_outcome
 from search_spaces import SearchSpace, get_space
 from search_spaces.base import UserInputError, example_input
 
@@ -56,6 +58,11 @@ class SearchConfig:
     space_options: dict[str, Any] = field(default_factory=dict)
     evaluator_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # Ray (see nas.ray_backend): trials in flight as Ray tasks, on a local runtime or the cluster at ray_address.
+    workers: int | None = None
+    ray_address: str | None = None
+    cpus_per_trial: float | None = None  # default 1
+    gpus_per_trial: float | None = None  # default 0; fractions share a GPU
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> SearchConfig:
@@ -171,6 +178,7 @@ class Search:
         options = dict(cfg.evaluator_options)
         if cfg.evaluator == "table" and any(n == "flops" for n, _ in self.objectives):
             options.setdefault("with_flops", True)
+        self.ray = ray_options(cfg)
         self.evaluator: Evaluator = make_evaluator(
             cfg.evaluator,
             self.space,
@@ -178,6 +186,7 @@ class Search:
             artifacts_dir=str(self.run_dir / "models"),
             **options,
         )
+        self.evaluator_options = options
         for name, _ in self.objectives:
             if name not in self.evaluator.metrics or name.startswith("test_"):
                 valid = ", ".join(m for m in self.evaluator.metrics if not m.startswith("test_"))
@@ -209,13 +218,16 @@ class Search:
             load_if_exists=True,
         )
         recover_interrupted(study)
-        restore = getattr(self.evaluator, "restore", None)
-        if restore is not None:  # evaluators with memory (predictor+train) pick up what earlier runs saw
-            restore([t.user_attrs["metrics"] for t in study.get_trials(deepcopy=False) if "metrics" in t.user_attrs])
+        history = self._history(study)
+        if history is not None:  # evaluators with memory (predictor+train) pick up what earlier runs saw
+            self.evaluator.restore(history)  # type: ignore[attr-defined]
         done = count_finished(study)
+        deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
+        if self.ray is not None:
+            self._run_on_ray(study, self.ray, done, deadline, on_trial)
+            return self._finish(study)
         if on_trial is not None:
             on_trial(None, done, self.cfg.trials)
-        deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
         while done < self.cfg.trials and (deadline is None or time.monotonic() < deadline):
             trial = self._run_one(study)
             done += 1
@@ -226,22 +238,98 @@ class Search:
         return self._finish(study)
 
     def _run_one(self, study: optuna.Study) -> FrozenTrial:
+        trial, arch = self._ask(study)
+        return self._tell(study, trial, evaluate_outcome(self.evaluator, arch))
+
+    def _run_on_ray(
+        self,
+        study: optuna.Study,
+        options: RayOptions,
+        done: int,
+        deadline: float | None,
+        on_trial: Callable[[FrozenTrial | None, int, int], None] | None,
+    ) -> None:
+        """The ask/tell loop with at most ``workers`` evaluations in flight as Ray tasks.
+
+        A trial is counted against the budget while in flight, so the search never finishes more than
+        ``cfg.trials``. A task whose worker or node died is re-run by Ray (``MAX_RETRIES``), then resubmitted
+        here (``RESUBMITS``); after that its trial fails with the reason and the search goes on.
+        """
+        cfg = self.cfg
+        job = {
+            "space": cfg.space,
+            "space_options": cfg.space_options,
+            "evaluator": cfg.evaluator,
+            "evaluator_options": {
+                **self.evaluator_options,
+                "data_dir": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None,
+                "artifacts_dir": str((self.run_dir / "models").resolve()),
+            },
+        }
+        with RayBackend(options, job, cfg.seed) as backend:
+            atomic_write_text(self.run_dir / "ray.json", json.dumps(backend.describe(), indent=2) + "\n")
+            if on_trial is not None:
+                on_trial(None, done, cfg.trials)
+            in_flight: dict[Any, tuple[optuna.Trial, int]] = {}  # task -> (trial, submissions so far)
+
+            def submit(trial: optuna.Trial, submissions: int) -> None:
+                ref = backend.submit(trial.number, trial.user_attrs["arch"], self._history(study))
+                in_flight[ref] = (trial, submissions + 1)
+
+            while True:
+                while (
+                    len(in_flight) < backend.workers
+                    and done + len(in_flight) < cfg.trials
+                    and (deadline is None or time.monotonic() < deadline)
+                ):
+                    submit(self._ask(study)[0], 0)
+                if not in_flight:
+                    break
+                ref = backend.next_ready(list(in_flight))
+                trial, submissions = in_flight.pop(ref)
+                try:
+                    outcome = backend.result(ref)
+                except WorkerLost as exc:
+                    if submissions <= RESUBMITS:
+                        log.warning("trial %d: %s; submitting it again", trial.number, exc)
+                        trial.set_user_attr("resubmitted", submissions)
+                        submit(trial, submissions)
+                        continue
+                    outcome = Outcome("failed", reason=f"worker lost ({submissions} submissions): {exc}")
+                frozen = self._tell(study, trial, outcome)
+                done += 1
+                write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
+                if on_trial is not None:
+                    on_trial(frozen, done, cfg.trials)
+            write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
+            atomic_write_text(self.run_dir / "ray.json", json.dumps(backend.describe(), indent=2) + "\n")
+
+    def _history(self, study: optuna.Study) -> list[dict[str, float]] | None:
+        """For evaluators with memory (``restore``): the metrics of every trial told so far, else None."""
+        if getattr(self.evaluator, "restore", None) is None:
+            return None
+        return [t.user_attrs["metrics"] for t in study.get_trials(deepcopy=False) if "metrics" in t.user_attrs]
+
+    def _ask(self, study: optuna.Study) -> tuple[optuna.Trial, Any]:
+        """A new trial with its proposed architecture (recorded as the ``arch`` user attribute)."""
         trial = study.ask()
         arch = self._propose(study, trial)
-        encoded = self.space.encode(arch)
-        trial.set_user_attr("arch", encoded)
-        try:
-            metrics = self.evaluator.evaluate(arch)
-        except TrialFailed as exc:
-            log.warning("trial %d failed: %s", trial.number, exc)
-            trial.set_user_attr("fail_reason", str(exc))
+        trial.set_user_attr("arch", self.space.encode(arch))
+        return trial, arch
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> FrozenTrial:
+        if outcome.worker:
+            trial.set_user_attr("worker", outcome.worker)
+        if outcome.status == "failed":
+            log.warning("trial %d failed: %s", trial.number, outcome.reason)
+            trial.set_user_attr("fail_reason", outcome.reason)
             return study.tell(trial, state=TrialState.FAIL)
-        except Screened as exc:
-            trial.set_user_attr("screened", str(exc))
-            trial.set_user_attr("metrics", exc.metrics)
+        if outcome.status == "screened":
+            trial.set_user_attr("screened", outcome.reason)
+            trial.set_user_attr("metrics", outcome.metrics)
             return study.tell(trial, state=TrialState.PRUNED)
-        trial.set_user_attr("metrics", metrics)
-        return study.tell(trial, [metrics[name] for name, _ in self.objectives])
+        trial.set_user_attr("metrics", outcome.metrics)
+        return study.tell(trial, [outcome.metrics[name] for name, _ in self.objectives])
 
     def _propose(self, study: optuna.Study, trial: optuna.Trial) -> Any:
         """The sampler's architecture (``space.suggest``), or the coarse-to-fine strategy's next child."""
@@ -285,6 +373,21 @@ class Search:
         plot_pareto(complete, members, self.objectives, self.run_dir / "pareto.png")
         failed = sum(1 for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
         return SearchResult(self.run_dir, len(complete), failed, members)
+
+
+def ray_options(cfg: SearchConfig) -> RayOptions | None:
+    """The Ray settings of a configuration: None (the local loop) unless it names workers or a Ray address."""
+    if cfg.workers is None and cfg.ray_address is None:
+        for key in ("cpus_per_trial", "gpus_per_trial"):
+            if getattr(cfg, key) is not None:
+                raise UserInputError(f"{key} needs Ray: give workers (--workers) or a Ray address (--ray-address)")
+        return None
+    return RayOptions(
+        workers=cfg.workers,
+        address=cfg.ray_address,
+        cpus_per_trial=1.0 if cfg.cpus_per_trial is None else float(cfg.cpus_per_trial),
+        gpus_per_trial=0.0 if cfg.gpus_per_trial is None else float(cfg.gpus_per_trial),
+    )
 
 
 def default_run_dir(space: str) -> Path:

@@ -39,8 +39,9 @@ def test_recalibration_changes_running_statistics_and_nothing_else():
 def test_spos_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, data_dir: Path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ("supernet", "train", *TINY, "--epochs", "2", "--batch-size", "32", "--data-dir", str(data_dir))
-    assert nas(*args, "--run-dir", str(straight)).returncode == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one_thread = {"OMP_NUM_THREADS": "1"}  # the same kernels (and float sums) in every run
+    assert nas(*args, "--run-dir", str(straight), env=one_thread).returncode == 0
+    env = {**os.environ, **one_thread}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nas", *args, "--run-dir", str(killed)],
         cwd=REPO,
@@ -55,7 +56,7 @@ def test_spos_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_checkpoint(ckpt)["epoch"] == 1  # killed during epoch 2
-    resumed = nas(*args, "--run-dir", str(killed))
+    resumed = nas(*args, "--run-dir", str(killed), env=one_thread)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(ckpt)

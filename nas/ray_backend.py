@@ -1,0 +1,330 @@
+"""Evaluations as Ray tasks: a local Ray runtime started here, or an existing cluster (``nas search --workers``).
+
+The driver (`nas.search.Search`) owns the Optuna study and proposes every architecture; a task receives only
+plain data (the encoded architecture and the names and options of the space and the evaluator), rebuilds the
+space and the evaluator once per worker process, and returns an `Outcome`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from nas.evaluators import Evaluator, Screened, TableEvaluator, TrialFailed, make_evaluator, register
+from search_spaces import SearchSpace, get_space
+from search_spaces.base import UserInputError
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 2  # Ray re-runs a task whose worker process or node died this many times ...
+RESUBMITS = 1  # ... then the driver submits the trial this many times more before it fails it
+STALL_CHECK_S = 30.0  # how often a driver waiting on its tasks checks that some node can still run one
+ADDRESS = re.compile(r"auto|(ray://)?[^\s:/]+:\d+")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the tasks run and what each one holds (``--workers``, ``--ray-address``, ``--*-per-trial``)."""
+
+    workers: int | None = None  # trials in flight; None: as many as the cluster has slots for
+    address: str | None = None  # None: start a local runtime; "auto", "HOST:PORT" or "ray://HOST:PORT"
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise UserInputError(f"workers={self.workers} must be >= 1")
+        if self.address is not None and not ADDRESS.fullmatch(self.address):
+            raise UserInputError(f"bad Ray address {self.address!r}: write auto, HOST:PORT or ray://HOST:PORT")
+        if not self.cpus_per_trial > 0:
+            raise UserInputError(f"cpus_per_trial={self.cpus_per_trial} must be > 0")
+        if not self.gpus_per_trial >= 0:
+            raise UserInputError(f"gpus_per_trial={self.gpus_per_trial} must be >= 0")
+
+
+@dataclass
+class Outcome:
+    """One evaluation as plain data: what a task returns and what the study is told."""
+
+    status: str  # "complete"; "failed" (TrialFailed: reason); "screened" (Screened: reason and metrics)
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    worker: dict[str, Any] = field(default_factory=dict)  # where it ran (tasks only): node id, host, pid
+
+
+def evaluate_outcome(evaluator: Evaluator, arch: Any) -> Outcome:
+    """Evaluate ``arch``; an evaluation that fails for a recordable reason or is screened out is an outcome too."""
+    try:
+        metrics = evaluator.evaluate(arch)
+    except TrialFailed as exc:
+        return Outcome("failed", reason=str(exc))
+    except Screened as exc:
+        return Outcome("screened", dict(exc.metrics), str(exc))
+    return Outcome("complete", metrics)
+
+
+class WorkerLost(RuntimeError):
+    """A task's worker process or node died (after Ray's own retries), or its result was lost."""
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT nothing listens on (Ray itself would retry for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserInputError(f"cannot connect to the Ray cluster at {address!r}: {exc.strerror or exc}") from exc
+
+
+def trial_seed(seed: int, number: int) -> int:
+    return (seed * 1_000_003 + number) % 2**32
+
+
+# Worker side: the space and evaluator of the last job this worker process saw, keyed by the job's JSON.
+_CACHE: dict[str, tuple[SearchSpace[Any], Evaluator]] = {}
+
+
+def _evaluate_task(
+    job: str, arch: str, number: int, seed: int, threads: int, history: list[dict[str, float]] | None
+) -> Outcome:
+    """A Ray task: rebuild (once per process) the job's space and evaluator, seed, evaluate ``arch``."""
+    import numpy as np
+    import ray
+    import torch
+
+    if job not in _CACHE:
+        _CACHE.clear()  # one evaluator per process: a training evaluator holds its data set
+        spec = json.loads(job)
+        space = get_space(spec["space"], **spec["space_options"])
+        _CACHE[job] = (space, make_evaluator(spec["evaluator"], space, **spec["evaluator_options"]))
+    space, evaluator = _CACHE[job]
+    s = trial_seed(seed, number)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    torch.set_num_threads(threads)
+    if history is not None:
+        evaluator.restore(history)  # type: ignore[attr-defined]
+    start = time.perf_counter()
+    outcome = evaluate_outcome(evaluator, space.decode(arch))
+    outcome.worker = {
+        "node": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "seconds": round(time.perf_counter() - start, 6),
+    }
+    return outcome
+
+
+def _system_error(exc: BaseException) -> bool:
+    """Infrastructure, not the evaluation: a dead worker or node, a lost object, an unschedulable task."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayTaskError):
+        return isinstance(exc.cause, rex.RayError) and not isinstance(exc.cause, rex.RayTaskError)
+    return isinstance(exc, rex.RayError)
+
+
+class RayBackend:
+    """A driver's connection to Ray: start or join the runtime, submit evaluations, collect their outcomes.
+
+    Use as a context manager: on exit, tasks still in flight are cancelled and the connection is closed
+    (a runtime started here shuts down with it).
+    """
+
+    def __init__(self, options: RayOptions, job: dict[str, Any], seed: int) -> None:
+        self.options = options
+        self.job = json.dumps(job, sort_keys=True)
+        self.seed = seed
+        self.workers = options.workers or 1
+        self.threads = max(1, int(options.cpus_per_trial))
+        self.init_seconds = 0.0
+        self._owns_connection = False
+        self._started_here = False
+        self._remote: Any = None
+        self._pending: set[Any] = set()
+
+    def __enter__(self) -> RayBackend:
+        import ray
+
+        opts = self.options
+        start = time.perf_counter()
+        if not ray.is_initialized():
+            if opts.address is None:
+                ray.init(
+                    address="local",  # a new runtime on this machine, never a cluster found by accident
+                    num_cpus=math.ceil(self.workers * opts.cpus_per_trial),
+                    num_gpus=None if opts.gpus_per_trial > 0 else 0,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+                self._started_here = True
+            else:
+                check_reachable(opts.address)
+                try:
+                    ray.init(address=opts.address, log_to_driver=False, logging_level=logging.WARNING)
+                except ConnectionError as exc:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise UserInputError(f"cannot connect to the Ray cluster at {opts.address!r}: {reason}") from exc
+            self._owns_connection = True
+        self.init_seconds = time.perf_counter() - start
+        try:
+            self._check_capacity(strict=self._started_here)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        if opts.workers is None:
+            self.workers = max(1, self.slots())
+        self._remote = ray.remote(_evaluate_task).options(
+            num_cpus=opts.cpus_per_trial,
+            num_gpus=opts.gpus_per_trial,
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        for ref in self._pending:  # left RUNNING in the study: a resumed search redoes them
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as err:  # cancelling is best effort; the connection may be gone already
+                log.debug("cancel failed: %s", err)
+        self._pending.clear()
+        if self._owns_connection:
+            ray.shutdown()
+            self._owns_connection = False
+
+    def submit(self, number: int, arch: str, history: list[dict[str, float]] | None = None) -> Any:
+        """Start evaluating trial ``number``'s architecture; returns the task's reference."""
+        ref = self._remote.remote(self.job, arch, number, self.seed, self.threads, history)
+        self._pending.add(ref)
+        return ref
+
+    def next_ready(self, refs: list[Any]) -> Any:
+        """Block until one of ``refs`` is done; return it. Warns while no live node could run a task."""
+        import ray
+
+        while True:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=STALL_CHECK_S)
+            if ready:
+                return ready[0]
+            self._check_capacity(strict=self._started_here)
+
+    def result(self, ref: Any) -> Outcome:
+        """The outcome of a finished task. Raises `WorkerLost` for infrastructure failures; an exception the
+        evaluator raised (other than TrialFailed/Screened, which are outcomes) is raised again here, as the
+        local loop would."""
+        import ray
+        import ray.exceptions as rex
+
+        self._pending.discard(ref)
+        try:
+            outcome: Outcome = ray.get(ref)
+        except rex.RayError as exc:
+            if _system_error(exc):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise WorkerLost(f"{type(exc).__name__}: {first}"[:300]) from exc
+            if isinstance(exc, rex.RayTaskError) and isinstance(exc.cause, BaseException):
+                raise exc.cause from exc
+            raise
+        return outcome
+
+    def slots(self) -> int:
+        """Tasks the live nodes can run at once with the per-trial resources."""
+        opts = self.options
+        total = 0
+        for node in self._alive_nodes():
+            res = node.get("Resources", {})
+            n = math.floor(res.get("CPU", 0.0) / opts.cpus_per_trial + 1e-9)
+            if opts.gpus_per_trial > 0:
+                n = min(n, math.floor(res.get("GPU", 0.0) / opts.gpus_per_trial + 1e-9))
+            total += n
+        return total
+
+    def _alive_nodes(self) -> list[dict[str, Any]]:
+        import ray
+
+        return [n for n in ray.nodes() if n.get("Alive")]
+
+    def _check_capacity(self, strict: bool) -> None:
+        if self.slots() > 0:
+            return
+        opts = self.options
+        need = f"CPU {opts.cpus_per_trial:g}" + (f", GPU {opts.gpus_per_trial:g}" if opts.gpus_per_trial else "")
+        have = [{k: v for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU")} for n in self._alive_nodes()]
+        message = f"no live Ray node can run a trial (each needs {need}); nodes have {have}"
+        if strict:
+            raise UserInputError(message)
+        log.warning("%s; waiting for the cluster to scale up", message)
+
+    def describe(self) -> dict[str, Any]:
+        """The resources in use, for ``ray.json`` in the run directory."""
+        import ray
+
+        try:
+            address = ray.get_runtime_context().gcs_address
+        except Exception:  # Ray Client connections do not expose it
+            address = self.options.address
+        nodes = [
+            {
+                "node_id": n.get("NodeID"),
+                "address": n.get("NodeManagerAddress"),
+                "alive": bool(n.get("Alive")),
+                "CPU": n.get("Resources", {}).get("CPU", 0.0),
+                "GPU": n.get("Resources", {}).get("GPU", 0.0),
+            }
+            for n in ray.nodes()
+        ]
+        alive = [n for n in nodes if n["alive"]]
+        return {
+            "ray": ray.__version__,
+            "address": address,
+            "started_here": self._started_here,
+            "init_seconds": round(self.init_seconds, 3),
+            "workers": self.workers,
+            **{k: v for k, v in asdict(self.options).items() if k.endswith("_per_trial")},
+            "torch_threads_per_trial": self.threads,
+            "max_retries": MAX_RETRIES,
+            "resubmits": RESUBMITS,
+            "cluster": {
+                "nodes": len(alive),
+                "CPU": sum(n["CPU"] for n in alive),
+                "GPU": sum(n["GPU"] for n in alive),
+            },
+            "nodes": nodes,
+            "written": datetime.now().isoformat(timespec="seconds"),
+        }
+
+
+@register("table-slow")
+class SlowTableEvaluator(TableEvaluator):
+    """A testing aid: the `table` evaluator that sleeps ``delay_s`` seconds per evaluation, so that tests can
+    kill a worker node or the driver while trials are in flight, and that ends its own process (as a crash
+    would) when it meets ``crash_arch``."""
+
+    def __init__(
+        self, space: SearchSpace[Any], *, delay_s: float = 0.5, crash_arch: str | None = None, **options: Any
+    ) -> None:
+        super().__init__(space, **options)
+        self.delay_s = float(delay_s)
+        self.crash_arch = crash_arch
+
+    def evaluate(self, arch: Any) -> dict[str, float]:
+        if self.space.encode(arch) == self.crash_arch:
+            os._exit(1)
+        time.sleep(self.delay_s)
+        return super().evaluate(arch)
