@@ -23,8 +23,8 @@ import torch
 
 from experiments.record import record
 from nas.data import load_cifar10
-from nas.supernet import SupernetConfig, SupernetTrainer, accuracy, recalibrate_bn
-from nas.train import TrainConfig, train_model
+from nas.supernet import SupernetConfig, SupernetTrainer, recalibrate_bn
+from nas.train import TrainConfig, evaluate_accuracy, train_model
 from predictors.metrics import kendall_tau, spearman_rho
 
 SPACES = {"bignas": ("sandwich", {}), "darts": ("spos", {"channels": 16, "layers": 1})}
@@ -57,24 +57,24 @@ def run_space(space_name: str, args: argparse.Namespace, data: object) -> list[s
     results_path = out / "children.json"
     results: dict[str, dict[str, float]] = json.loads(results_path.read_text()) if results_path.exists() else {}
     device = trainer.device
+    train_cfg = TrainConfig(
+        epochs=args.epochs,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+    )  # the supernet's budget, for every child trained from scratch
     for i, arch in enumerate(children):
         key = space.encode(arch)
         if key in results:
             continue
         child = net.extract(arch).to(device)  # type: ignore[operator]
-        without = accuracy(child, trainer.data.x_val, trainer.data.y_val, device)
+        without = evaluate_accuracy(child, trainer.data.x_val, trainer.data.y_val, device=device)
         recalibrate_bn(child, trainer.recal)
-        with_recal = accuracy(child, trainer.data.x_val, trainer.data.y_val, device)
+        with_recal = evaluate_accuracy(child, trainer.data.x_val, trainer.data.y_val, device=device)
         torch.manual_seed(0)
-        scratch = space.build(arch, **options) if options else space.build(arch)
-        train_cfg = TrainConfig(
-            epochs=args.epochs,
-            train_images=args.train_images,
-            val_images=args.val_images,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            device=args.device,
-        )
+        scratch = space.build(arch, **options)
         start = time.perf_counter()
         scratch_acc = train_model(scratch, data, train_cfg).val_accuracy  # type: ignore[arg-type]
         results[key] = {

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.data import Cifar10, augment, normalize
-from nas.train import Diverged, check_budget, resolve_device, validation_split
+from nas.train import Diverged, check_budget, evaluate_accuracy, resolve_device, validation_split
 from search_spaces import SearchSpace, get_space
 from search_spaces.base import UserInputError
 from search_spaces.bignas import recalibrate_bn
@@ -108,8 +108,8 @@ def lr_factor(step: int, total: int, floor: float) -> float:
 class SupernetData:
     x_train: torch.Tensor
     y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
+    x_val: np.ndarray  # uint8 images, as `nas.train.evaluate_accuracy` takes them
+    y_val: np.ndarray
 
 
 def supernet_data(data: Cifar10, cfg: SupernetConfig) -> SupernetData:
@@ -117,8 +117,8 @@ def supernet_data(data: Cifar10, cfg: SupernetConfig) -> SupernetData:
     return SupernetData(
         normalize(data.train_x[train_idx]),
         torch.as_tensor(data.train_y[train_idx], dtype=torch.long),
-        normalize(data.train_x[val_idx]),
-        torch.as_tensor(data.train_y[val_idx], dtype=torch.long),
+        data.train_x[val_idx],
+        data.train_y[val_idx],
     )
 
 
@@ -128,17 +128,6 @@ def recal_batches(data: SupernetData, cfg: SupernetConfig, device: torch.device)
     order = torch.randperm(len(data.x_train), generator=gen)
     n = cfg.batch_size
     return [data.x_train[order[i * n : (i + 1) * n]].to(device) for i in range(cfg.recal_batches)]
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 256) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        out = model(x[i : i + batch].to(device))
-        out = out[0] if isinstance(out, tuple) else out
-        correct += int((out.argmax(1).cpu() == y[i : i + batch]).sum())
-    return 100.0 * correct / len(x)
 
 
 def child_accuracy(
@@ -152,7 +141,7 @@ def child_accuracy(
     child = supernet.extract(arch).to(device)  # type: ignore[operator]
     if recal is not None:
         recalibrate_bn(child, recal)
-    return accuracy(child, data.x_val, data.y_val, device)
+    return evaluate_accuracy(child, data.x_val, data.y_val, device=device)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -344,7 +333,7 @@ class SupernetEvaluator:
         if self.cfg.space != space.name:
             raise UserInputError(f"supernet {supernet} was trained on space {self.cfg.space!r}, not {space.name!r}")
         self.space = space
-        self.device = resolve_device(self.cfg.device if self.cfg.device != "auto" else "auto")
+        self.device = resolve_device(self.cfg.device)
         self.net.to(self.device)
         self.cifar = load_cifar10(data_dir)
         self.data = supernet_data(self.cifar, self.cfg)
@@ -362,11 +351,10 @@ class SupernetEvaluator:
         from search_spaces.base import example_input
 
         child = self.model(arch)
-        acc = accuracy(child, self.data.x_val, self.data.y_val, self.device)
+        acc = evaluate_accuracy(child, self.data.x_val, self.data.y_val, device=self.device)
         return {"accuracy": acc, **profile(child.cpu(), example_input(self.space))}
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
         n = min(self.test_images, len(self.cifar.test_x))
-        x = normalize(self.cifar.test_x[:n])
-        y = torch.tensor(self.cifar.test_y[:n], dtype=torch.long)
-        return {"test_accuracy": accuracy(self.model(arch), x, y, self.device)}
+        acc = evaluate_accuracy(self.model(arch), self.cifar.test_x[:n], self.cifar.test_y[:n], device=self.device)
+        return {"test_accuracy": acc}

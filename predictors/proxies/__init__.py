@@ -10,9 +10,10 @@ gradient proxies need a torch module (a space architecture).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +81,7 @@ class Context:
         """(weight, d loss / d weight) of every Conv/Linear layer after one cross-entropy backward."""
         if self._grads is None:
             model = self.model
-            with _mode(model, train=self.config.train_mode):
+            with mode(model, train=self.config.train_mode):
                 model.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(logits(model(self.batch.inputs)), self.batch.targets)
                 loss.backward()
@@ -168,21 +169,16 @@ def logits(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-class _mode:
-    """Context manager: put a model in train/eval mode and restore the previous mode afterwards."""
+@contextlib.contextmanager
+def mode(model: nn.Module, *, train: bool) -> Iterator[nn.Module]:
+    """Put a model in train/eval mode for the block and restore its previous mode afterwards."""
+    was = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        model.train(was)
 
-    def __init__(self, model: nn.Module, *, train: bool) -> None:
-        self.model, self.train, self.was = model, train, model.training
-
-    def __enter__(self) -> nn.Module:
-        self.model.train(self.train)
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was)
-
-
-mode = _mode
 
 __all__ = [
     "ACTIVATION_PROXIES",

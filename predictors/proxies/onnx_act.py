@@ -24,7 +24,7 @@ import torch
 from predictors.proxies import ACTIVATION_PROXIES, ProxyConfig, ProxyError
 from predictors.proxies.activations import as_samples, code_kernel
 from predictors.proxies.naswot import logdet_score
-from predictors.proxies.pca import pca_k
+from predictors.proxies.pca import vpca_value
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -157,7 +157,7 @@ def onnx_proxies(
     if "vpca" in names or "wpca" in names:
         if not sites.pre_activations:
             raise ProxyError("vpca/wpca need Relu/Gelu activations; the ONNX graph has none")
-        vpca = float(sum(pca_k(as_samples(torch.from_numpy(acts[t])), config.eta) for t in sites.pre_activations))
+        vpca = float(vpca_value([as_samples(torch.from_numpy(acts[t])) for t in sites.pre_activations], config.eta))
         if "vpca" in names:
             out["vpca"] = vpca
         if "wpca" in names:
