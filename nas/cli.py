@@ -253,7 +253,7 @@ def _print_mapping(summary: dict[str, Any], title: str, json_out: bool) -> None:
     out.print(table)
 
 
-bench_app = typer.Typer(help="The ONNX-Bench data set: build, harvest, info.", no_args_is_help=True)
+bench_app = typer.Typer(help="The ONNX-Bench data set: build, harvest, upgrade, info.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -310,6 +310,24 @@ def _run_bench(jobs: list[Any], out_dir: Path, workers: int, title: str) -> None
     out.print(f"{out_dir}: {result.added} records added, {result.skipped} already present")
 
 
+@bench_app.command("upgrade")
+def bench_upgrade(
+    directory: Annotated[Path, typer.Argument(help="Bench directory built by an older version.")],
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Add the columns newer predictors read (activation features) to an existing bench, shard by shard."""
+    from onnx_bench.bench import upgrade
+
+    with _bench_progress("upgrade") as progress:
+        task = progress.add_task("upgrade", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        updated = upgrade(directory, workers=workers, on_progress=on_progress)
+    out.print(f"{directory}: {updated} records upgraded")
+
+
 @bench_app.command("info")
 def bench_info(
     directory: Annotated[Path, typer.Argument(help="Bench directory.")],
@@ -339,7 +357,10 @@ def predictor_train(
     epochs: Annotated[int, typer.Option(help="Training epochs of the head.")] = 300,
     features: Annotated[bool, typer.Option(help="Feed graph features (summaries, WL counts) to the head.")] = True,
     embedding: Annotated[bool, typer.Option(help="Feed the text embedding to the head.")] = True,
-    ensemble: Annotated[int, typer.Option(help="Heads trained with successive seeds, scores averaged.")] = 5,
+    ensemble: Annotated[int, typer.Option(help="MLPs per view, trained with successive seeds, averaged.")] = 5,
+    core_weight: Annotated[
+        float, typer.Option(help="Weight of the core view (embedding + compact features) against the full view.")
+    ] = 0.75,
 ) -> None:
     """Train a predictor on a bench; its held-out figures are stored in the file."""
     from onnx_bench.text import FORMATS
@@ -350,7 +371,13 @@ def predictor_train(
     if text_format not in FORMATS:
         raise UserInputError(f"unknown --format {text_format!r}; valid: {', '.join(FORMATS)}")
     options = TrainOptions(
-        loss=loss, epochs=epochs, seed=seed, use_features=features, use_embedding=embedding, ensemble=ensemble
+        loss=loss,
+        epochs=epochs,
+        seed=seed,
+        use_features=features,
+        use_embedding=embedding,
+        ensemble=ensemble,
+        core_weight=core_weight,
     )
     enc = Encoder(encoder or DEFAULT_ENCODER)
     data = load_bench_data(bench, target, space=space, text_format=text_format, encoder=enc, show_progress=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from search_spaces.base import UserInputError, arch_digest
 
@@ -48,6 +49,7 @@ def make_record(job: Job) -> dict[str, Any]:
     from onnx_bench.graph import summarize, wl_counts
     from onnx_bench.io import load_onnx
     from onnx_bench.text import describe, token_count
+    from predictors.act_features import activation_summary
     from search_spaces import get_space
 
     torch.set_num_threads(1)
@@ -58,6 +60,11 @@ def make_record(job: Job) -> dict[str, Any]:
     model = load_onnx(exported.data, check=False)
     chain, compact = describe(model, "chain_slim"), describe(model, "compact")
     summary = summarize(model)
+    if job.weights:  # activation features describe the architecture at its seeded initialisation
+        init = export_architecture(space, arch, seed=job.seed, build_options=job.build_options)
+        act = activation_summary(load_onnx(init.data, check=False))
+    else:
+        act = activation_summary(model)
     record: dict[str, Any] = {
         "space": job.space,
         "arch": space.encode(arch),
@@ -78,6 +85,7 @@ def make_record(job: Job) -> dict[str, Any]:
         "wl_counts": json.dumps(wl_counts(model)),
         "build_options": json.dumps(job.build_options, sort_keys=True),
         "seed": job.seed,
+        **act,
     }
     record.update({f"metric_{k}": float(v) for k, v in job.metrics.items()})
     return record
@@ -110,9 +118,9 @@ def existing_keys(directory: Path) -> set[tuple[str, str, str]]:
     return set(zip(frame["space"], frame["arch"], frame["source"], strict=True))
 
 
-def _write_shard(directory: Path, records: list[dict[str, Any]]) -> Path:
+def _write_shard(directory: Path, records: list[dict[str, Any]], final: Path | None = None) -> Path:
     frame = pd.DataFrame.from_records(records)
-    final = directory / f"records-{pd.Timestamp.now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+    final = final or directory / f"records-{pd.Timestamp.now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".shard.", suffix=".tmp")
     os.close(fd)
     try:
@@ -165,7 +173,57 @@ def build(
     return BuildResult(added=done, skipped=skipped_count, shards_written=written)
 
 
-def _map(fn: Callable[[Job], dict[str, Any]], jobs: list[Job], workers: int) -> Iterator[dict[str, Any]]:
+def activation_record(row: dict[str, Any]) -> dict[str, float]:
+    """The ``act_*`` columns of an existing record: its architecture re-exported with its seeded initial
+    weights (the record's hash is checked where the record holds initial weights too)."""
+    import torch
+
+    from onnx_bench.export import export_architecture
+    from onnx_bench.io import load_onnx
+    from predictors.act_features import activation_summary
+    from search_spaces import get_space
+
+    torch.set_num_threads(1)
+    space = get_space(row["space"])
+    options = json.loads(row.get("build_options") or "{}")
+    exported = export_architecture(space, space.decode(row["arch"]), seed=int(row["seed"]), build_options=options)
+    if row["source"] == "nb201-table" and exported.sha256 != row["onnx_sha256"]:
+        raise UserInputError(f"bench record {row['arch']} no longer exports to the same ONNX; rebuild the bench")
+    return activation_summary(load_onnx(exported.data, check=False))
+
+
+def upgrade(directory: str | Path, *, workers: int = 2, on_progress: Callable[[int, int], None] | None = None) -> int:
+    """Add the columns of newer versions (the ``act_*`` activation features) to every shard lacking them; each
+    shard is rewritten atomically, so an interrupted upgrade resumes where it stopped. Returns records updated."""
+    from predictors.act_features import ACT_FEATURES
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserInputError(f"bench directory not found: {directory}")
+    todo = []
+    for shard in shards(directory):
+        columns = pq.read_schema(shard).names
+        if not all(c in columns for c in ACT_FEATURES):
+            todo.append(shard)
+    frames = [pd.read_parquet(shard) for shard in todo]
+    rows: list[dict[str, Any]] = [r for f in frames for r in f.to_dict("records")]  # type: ignore[misc]
+    total, done = len(rows), 0
+    if on_progress:
+        on_progress(0, total)
+    results = _map(activation_record, rows, workers)  # in order: each shard is written once its rows are done
+    for shard, frame in zip(todo, frames, strict=True):
+        part = rows[done : done + len(frame)]
+        feats = []
+        for _ in part:
+            feats.append(next(results))
+            done += 1
+            if on_progress:
+                on_progress(done, total)
+        _write_shard(directory, [{**r, **a} for r, a in zip(part, feats, strict=True)], final=shard)
+    return done
+
+
+def _map(fn: Callable[[Any], dict[str, Any]], jobs: list[Any], workers: int) -> Iterator[dict[str, Any]]:
     if workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return

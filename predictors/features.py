@@ -1,7 +1,10 @@
-"""Graph features beside the text embedding: scale (params, FLOPs, activations), depth, the share of each common
-operator, and hashed Weisfeiler-Lehman subtree counts of the operator graph (`onnx_bench.graph.wl_counts`, log1p).
-Every feature is computable for any ONNX graph (from `onnx_bench.graph` or a bench record); nothing here knows a
-search space."""
+"""Graph features beside the text embedding: scale (params, FLOPs, activations), depth, activation statistics
+on a fixed probe batch (`predictors.act_features`), the share of each common operator, and hashed
+Weisfeiler-Lehman subtree counts of the operator graph (`onnx_bench.graph.wl_counts`, log1p). Every feature is
+computable for any ONNX graph (from `onnx_bench.graph` or a bench record); nothing here knows a search space.
+
+The first ``len(CORE_FEATURES)`` features (scale, activations, operator shares) are the predictor's compact
+view; the WL counts follow."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from onnx_bench.graph import WL_DIM
+from predictors.act_features import ACT_FEATURES, missing
 
 # Operators common across CNN and transformer families; the rest fall into "other".
 COMMON_OPS = (
@@ -41,12 +45,8 @@ COMMON_OPS = (
     "Transpose",
 )
 SCALE_FEATURES = ("log_params", "log_flops", "log_nodes", "log_depth", "log_peak_activation")
-FEATURE_NAMES = (
-    *SCALE_FEATURES,
-    *(f"op_{op}" for op in COMMON_OPS),
-    "op_other",
-    *(f"wl_{i}" for i in range(WL_DIM)),
-)
+CORE_FEATURES = (*SCALE_FEATURES, *ACT_FEATURES, *(f"op_{op}" for op in COMMON_OPS), "op_other")
+FEATURE_NAMES = (*CORE_FEATURES, *(f"wl_{i}" for i in range(WL_DIM)))
 
 
 def _log(x: Any) -> float:
@@ -55,6 +55,14 @@ def _log(x: Any) -> float:
     except (TypeError, ValueError):
         return 0.0
     return math.log1p(max(value, 0.0)) if math.isfinite(value) else 0.0
+
+
+def _finite(x: Any) -> float:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if math.isfinite(value) else 0.0
 
 
 def feature_vector(summary: Mapping[str, Any]) -> np.ndarray:
@@ -71,6 +79,8 @@ def feature_vector(summary: Mapping[str, Any]) -> np.ndarray:
         _log(summary.get("depth")),
         _log(summary.get("peak_activation")),
     ]
+    act = summary if summary.get("act_missing") is not None else missing()  # records of older builds: missing
+    values += [_finite(act.get(k)) for k in ACT_FEATURES]
     values += [hist.get(op, 0) / total for op in COMMON_OPS]
     values.append(sum(v for k, v in hist.items() if k not in COMMON_OPS) / total)
     wl = np.zeros(WL_DIM, dtype=np.float64)

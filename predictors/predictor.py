@@ -1,5 +1,11 @@
 """The zero-shot predictor: text embedding (+ graph-summary features) -> a small MLP head -> a score.
 
+The head has two views of each network, each an ensemble of MLPs: the *core* view reads the embedding and the
+compact features (scale, activation statistics, operator shares: `predictors.features.CORE_FEATURES`), the
+*full* view also the 512 hashed Weisfeiler-Lehman counts. The score is ``core_weight * core + (1 - core_weight)
+* full`` (both on the standardised target scale): the core view generalises from a few hundred examples, the
+full view adds structure once there are more.
+
 Training uses a pairwise margin ranking loss over the pairs of a batch whose targets differ (as ONNX-Net,
 margin 0.1 on standardised targets), or MSE on standardised targets. A predictor is one safetensors file: the
 head's tensors, and JSON metadata (encoder, text format, feature standardisation, training data, its own
@@ -19,7 +25,7 @@ import torch
 from torch import nn
 
 from predictors.encoder import DEFAULT_ENCODER, Encoder
-from predictors.features import FEATURE_NAMES, feature_matrix
+from predictors.features import CORE_FEATURES, FEATURE_NAMES, feature_matrix
 from search_spaces.base import UserInputError
 
 FORMAT_VERSION = 1
@@ -40,7 +46,8 @@ class TrainOptions:
     weight_decay: float = 1e-3
     use_features: bool = True
     use_embedding: bool = True
-    ensemble: int = 1
+    ensemble: int = 1  # MLPs per view
+    core_weight: float = 0.75  # weight of the core view (0: full view only, 1: core view only)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,6 +55,8 @@ class TrainOptions:
             raise UserInputError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
         if not (self.use_features or self.use_embedding):
             raise UserInputError("a predictor needs the embedding, the graph features, or both")
+        if not 0.0 <= self.core_weight <= 1.0:
+            raise UserInputError(f"core_weight={self.core_weight} must be in [0, 1]")
         if self.ensemble < 1:
             raise UserInputError(f"ensemble={self.ensemble} must be >= 1")
         if self.epochs < 1 or self.batch_size < 2:
@@ -66,15 +75,37 @@ def _mlp(inputs: int, hidden: Sequence[int], dropout: float) -> nn.Sequential:
 
 
 class Head(nn.Module):
-    """``members`` MLPs (an ensemble, each trained with its own seed); the score is their mean."""
+    """Two ensembles of MLPs (each member trained with its own seed): ``members`` on all ``inputs`` (the full
+    view) and ``core_members`` on the first ``core_inputs`` columns (the core view). The score is
+    ``core_weight`` x the core members' mean + (1 - ``core_weight``) x the full members' mean."""
 
-    def __init__(self, inputs: int, hidden: Sequence[int], dropout: float, members: int = 1) -> None:
+    def __init__(
+        self,
+        inputs: int,
+        hidden: Sequence[int],
+        dropout: float,
+        members: int = 1,
+        *,
+        core_inputs: int = 0,
+        core_members: int = 0,
+        core_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.inputs, self.hidden, self.dropout = inputs, [int(h) for h in hidden], dropout
+        self.core_inputs, self.core_weight = core_inputs, float(core_weight)
         self.members = nn.ModuleList(_mlp(inputs, hidden, dropout) for _ in range(members))
+        self.core = nn.ModuleList(_mlp(core_inputs, hidden, dropout) for _ in range(core_members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x).squeeze(-1) for m in self.members]).mean(dim=0)
+        parts = []
+        if len(self.members):
+            full = torch.stack([m(x).squeeze(-1) for m in self.members]).mean(dim=0)
+            parts.append((1.0 - self.core_weight if len(self.core) else 1.0) * full)
+        if len(self.core):
+            xc = x[:, : self.core_inputs]
+            core = torch.stack([m(xc).squeeze(-1) for m in self.core]).mean(dim=0)
+            parts.append((self.core_weight if len(self.members) else 1.0) * core)
+        return torch.stack(parts).sum(dim=0)
 
 
 def ranking_loss(
@@ -150,6 +181,9 @@ class Predictor:
                 "hidden": self.head.hidden,
                 "dropout": self.head.dropout,
                 "members": len(self.head.members),
+                "core_inputs": self.head.core_inputs,
+                "core_members": len(self.head.core),
+                "core_weight": self.head.core_weight,
             },
             **self.meta,
         }
@@ -183,7 +217,15 @@ class Predictor:
         if meta.get("format_version") != FORMAT_VERSION:
             raise UserInputError(f"predictor {path} has format {meta.get('format_version')!r}, need {FORMAT_VERSION}")
         spec = meta["head"]
-        head = Head(int(spec["inputs"]), [int(h) for h in spec["hidden"]], float(spec["dropout"]), int(spec["members"]))
+        head = Head(
+            int(spec["inputs"]),
+            [int(h) for h in spec["hidden"]],
+            float(spec["dropout"]),
+            int(spec["members"]),
+            core_inputs=int(spec.get("core_inputs", 0)),
+            core_members=int(spec.get("core_members", 0)),
+            core_weight=float(spec.get("core_weight", 0.0)),
+        )
         try:
             head.load_state_dict(tensors)
         except RuntimeError as exc:
@@ -237,9 +279,19 @@ def train_predictor(
         sel = g == label
         z[sel] = (y[sel] - y[sel].mean()) / (y[sel].std() or 1.0)
     torch.manual_seed(opts.seed)
-    width = (embeddings.shape[1] if opts.use_embedding else 0) + (len(FEATURE_NAMES) if opts.use_features else 0)
+    emb_width = embeddings.shape[1] if opts.use_embedding else 0
+    width = emb_width + (len(FEATURE_NAMES) if opts.use_features else 0)
+    core_weight = opts.core_weight if opts.use_features else 0.0  # without features both views are the same
     predictor = Predictor(
-        head=Head(width, opts.hidden, opts.dropout, opts.ensemble),
+        head=Head(
+            width,
+            opts.hidden,
+            opts.dropout,
+            opts.ensemble if core_weight < 1.0 else 0,
+            core_inputs=emb_width + len(CORE_FEATURES),
+            core_members=opts.ensemble if core_weight > 0.0 else 0,
+            core_weight=core_weight,
+        ),
         encoder_name=encoder_name,
         text_format=text_format,
         use_features=opts.use_features,
@@ -255,6 +307,9 @@ def train_predictor(
     gt = torch.from_numpy(g.copy())
     for k, member in enumerate(predictor.head.members):
         _fit_member(member, x, yt, gt, opts, opts.seed + k)
+    xc = x[:, : predictor.head.core_inputs]
+    for k, member in enumerate(predictor.head.core):
+        _fit_member(member, xc, yt, gt, opts, opts.seed + 1000 + k)
     predictor.head.eval()
     return predictor
 

@@ -18,12 +18,23 @@ import numpy as np
 import pandas as pd
 
 from onnx_bench.io import load_onnx
+from predictors.act_features import ACT_FEATURES
 from predictors.encoder import Encoder
 from predictors.predictor import Predictor
 from search_spaces.base import UserInputError
 
 DEFAULT_PREDICTOR = "default_predictor.safetensors"
-SUMMARY_KEYS = ("params", "flops", "nodes", "depth", "peak_activation", "op_histogram", "wl_counts")
+SUMMARY_KEYS = (
+    "params",
+    "flops",
+    "nodes",
+    "depth",
+    "peak_activation",
+    "op_histogram",
+    "wl_counts",
+    *ACT_FEATURES,
+)
+DOC_VERSION = 2  # bump when a description or summary gains a field: cached documents of older versions are redone
 
 
 def default_predictor_path() -> Path:
@@ -43,15 +54,16 @@ def describe_model(model: Any, text_format: str) -> tuple[str, dict[str, Any]]:
     """(text, summary) of a loaded ONNX model: what a predictor reads."""
     from onnx_bench.graph import summarize, wl_counts
     from onnx_bench.text import describe
+    from predictors.act_features import activation_summary
 
     text = describe(model, text_format)
-    full = {**summarize(model), "wl_counts": wl_counts(model)}
+    full = {**summarize(model), "wl_counts": wl_counts(model), **activation_summary(model)}
     return text, {k: full[k] for k in SUMMARY_KEYS}
 
 
 def _doc_key(path: Path, text_format: str) -> str:
     st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{text_format}"
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{text_format}|v{DOC_VERSION}"
 
 
 def describe_files(
@@ -92,7 +104,9 @@ def bench_inputs(frame: pd.DataFrame, text_format: str) -> tuple[list[str], list
         raise UserInputError(f"bench has no {column!r} column")
     missing = [k for k in SUMMARY_KEYS if k not in frame.columns]
     if missing:
-        raise UserInputError(f"bench lacks {missing[0]!r} (built by an older version): rebuild it into a new --out")
+        raise UserInputError(
+            f"bench lacks {missing[0]!r} (built by an older version): run `nas bench upgrade DIR` or rebuild it"
+        )
     records: list[dict[str, Any]] = [
         {str(k): v for k, v in r.items()} for r in frame[list(SUMMARY_KEYS)].to_dict("records")
     ]

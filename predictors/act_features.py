@@ -1,0 +1,168 @@
+"""Activation statistics of any ONNX graph: the predictor's training-free features.
+
+The network runs once, in onnxruntime, on a fixed probe batch of 8 natural images (CIFAR-10 training images
+shipped in the package as ``probe_images.npy``, normalised with the CIFAR-10 statistics and resized bilinearly
+to the model's input size), so the features need no data set and are the same on every machine. At every PCA
+site (the distinct inputs of each Relu/Gelu/erf-GELU: `predictors.proxies.onnx_act.find_sites`) the samples x
+features matrix ((batch * pixels) x channels) gives the eigenvalues of its covariance; per site, k(eta) is the
+smallest number of principal components holding eta of the variance. Features:
+
+- ``act_vpca``: log1p of sum_sites k(0.99) (V-PCA at the W-PCA paper's eta, in eval mode: what an ONNX file
+  computes), ``act_vpca90`` and ``act_vpca999`` (eta 0.9 and 0.999);
+- ``act_rank_share``: mean over sites of k(0.99) / width (how much of each layer's width is used);
+- ``act_sites``: log1p of the number of sites;
+- ``act_missing``: 1 when the statistics could not be computed (no image input: token models, 1-D signals; no
+  Relu/Gelu; a runtime error), in which case the others are 0.
+
+The file's own weights are used: a predictor sees what a freshly initialised network computes, so score
+untrained files (the bench exports every architecture with seeded initial weights).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import math
+from functools import lru_cache
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+ACT_FEATURES = ("act_vpca", "act_vpca90", "act_vpca999", "act_rank_share", "act_sites", "act_missing")
+ETAS = (0.99, 0.9, 0.999)
+PROBE_FILE = "probe_images.npy"
+_MEAN = np.array((0.4914, 0.4822, 0.4465), dtype=np.float32)[:, None, None]
+_STD = np.array((0.2470, 0.2435, 0.2616), dtype=np.float32)[:, None, None]
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+
+
+def missing() -> dict[str, float]:
+    return {**dict.fromkeys(ACT_FEATURES, 0.0), "act_missing": 1.0}
+
+
+@lru_cache(maxsize=1)
+def probe_images() -> np.ndarray:
+    """The shipped probe batch, uint8 (8, 3, 32, 32)."""
+    path = importlib.resources.files("predictors") / PROBE_FILE
+    with path.open("rb") as f:
+        return np.load(f)
+
+
+def probe_batch(channels: int, height: int, width: int) -> np.ndarray:
+    """The probe images as a normalised float32 batch of the given shape (grey = mean of the colour channels)."""
+    import torch
+
+    x = (probe_images().astype(np.float32) / 255.0 - _MEAN) / _STD
+    if channels == 1:
+        x = x.mean(axis=1, keepdims=True)
+    elif channels != 3:
+        raise ValueError(f"no probe images with {channels} channels")
+    if (height, width) != x.shape[2:]:
+        t = torch.nn.functional.interpolate(torch.from_numpy(x), size=(height, width), mode="bilinear")
+        x = t.numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _image_input(model: onnx.ModelProto) -> tuple[str, int, int, int, int] | None:
+    """(name, element type, C, H, W) of the model's only image-like input, else None."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        return None
+    value = inputs[0]
+    elem = value.type.tensor_type.elem_type
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
+    if elem not in _FLOAT_TYPES or len(dims) != 4 or dims[1] not in (1, 3) or min(dims[2:]) < 4:
+        return None
+    return value.name, elem, dims[1], dims[2], dims[3]
+
+
+def site_ks(samples: np.ndarray, etas: tuple[float, ...] = ETAS) -> list[int]:
+    """k(eta) of one site's samples x features matrix, for each eta (0 for a site without variance)."""
+    h = samples.astype(np.float64, copy=False)
+    h = h - h.mean(axis=0, keepdims=True)
+    eig = np.clip(np.linalg.eigvalsh(h.T @ h)[::-1], 0.0, None)
+    total = float(eig.sum())
+    if not math.isfinite(total):
+        raise FloatingPointError("non-finite activations")
+    if total <= 0.0:
+        return [0 for _ in etas]
+    ratio = np.cumsum(eig) / total
+    return [min(int(np.searchsorted(ratio, eta, side="right")) + 1, len(ratio)) for eta in etas]
+
+
+def _as_samples(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 4:
+        return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+    return a.reshape(-1, a.shape[-1])
+
+
+def _run(model: onnx.ModelProto, wanted: list[str], name: str, x: np.ndarray) -> list[np.ndarray]:
+    """Run with the probe batch in one call (batch dimension made dynamic); per image when that fails."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the exposed tensors
+    options.log_severity_level = 3
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    del exposed.graph.value_info[:]
+    del exposed.graph.output[:]
+    for out in wanted:
+        exposed.graph.output.append(onnx.ValueInfoProto(name=out))
+    for value in exposed.graph.input:
+        if value.name == name:
+            value.type.tensor_type.shape.dim[0].dim_param = "probe_batch"
+    try:
+        session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return list(session.run(wanted, {name: x}))
+    except Exception:  # a graph that bakes its batch size in (Reshape to [1, ...]): one image at a time
+        for value in exposed.graph.input:
+            if value.name == name:
+                value.type.tensor_type.shape.dim[0].dim_value = 1
+        session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        runs = [session.run(wanted, {name: x[i : i + 1]}) for i in range(len(x))]
+        return [np.concatenate([r[j] for r in runs], axis=0) for j in range(len(wanted))]
+
+
+def activation_summary(model: onnx.ModelProto) -> dict[str, float]:
+    """The ``act_*`` features of ``model`` (see the module docstring); never raises for a valid graph."""
+    from predictors.proxies.onnx_act import find_sites
+
+    spec = _image_input(model)
+    if spec is None:
+        return missing()
+    name, elem, channels, height, width = spec
+    sites = find_sites(model).pre_activations
+    if not sites:
+        return missing()
+    try:
+        x = probe_batch(channels, height, width).astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+        acts = _run(model, sites, name, x)
+        ks, shares = [], []
+        for a in acts:
+            if a.ndim < 2 or a.shape[0] != len(x):
+                continue
+            samples = _as_samples(np.asarray(a))
+            if samples.shape[0] < 2 or samples.shape[1] < 1:
+                continue
+            k = site_ks(samples)
+            ks.append(k)
+            shares.append(k[0] / samples.shape[1])
+    except Exception as exc:  # onnxruntime raises its own types; a feature must not stop a whole bench
+        log.warning("activation features failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return missing()
+    if not ks:
+        return missing()
+    totals = np.asarray(ks, dtype=np.float64).sum(axis=0)
+    return {
+        "act_vpca": math.log1p(totals[0]),
+        "act_vpca90": math.log1p(totals[1]),
+        "act_vpca999": math.log1p(totals[2]),
+        "act_rank_share": float(np.mean(shares)),
+        "act_sites": math.log1p(len(ks)),
+        "act_missing": 0.0,
+    }
