@@ -60,7 +60,7 @@ def main() -> None:
             figs.setdefault("tau", []).append(kendall_tau(scores, y))
             figs.setdefault("rho", []).append(spearman_rho(scores, y))
             figs.setdefault("p@100", []).append(precision_at_k(scores, y, 100))
-            for name in ("params", "flops"):
+            for name in ("params", "flops", "act_vpca"):
                 figs.setdefault(f"tau_{name}", []).append(kendall_tau(part.frame[name].to_numpy(float), y))
             for label, column in TRANSFER.items():
                 other = part.frame[column].to_numpy(float)
@@ -72,7 +72,8 @@ def main() -> None:
         print(frac, {k: round(float(np.mean(v)), 3) for k, v in figs.items()}, f"fit {np.mean(fit_s):.1f}s")
         rows.append(
             f"| {frac:.0%} ({samples}) | **{_ms(figs['tau'])}** | {_ms(figs['rho'])} | {_ms(figs['p@100'])} | "
-            f"{_ms(figs['tau_params'])} | {_ms(figs['tau_flops'])} | {np.mean(fit_s):.1f} |"
+            f"{_ms(figs['tau_params'])} | {_ms(figs['tau_flops'])} | {_ms(figs['tau_act_vpca'])} | "
+            f"{np.mean(fit_s):.1f} |"
         )
         transfer_rows.append(
             f"| {frac:.0%} ({samples}) | "
@@ -85,8 +86,9 @@ def main() -> None:
     for frac in [float(f) for f in args.ablation_fractions.split(",") if f]:
         samples = max(2, round(frac * n))
         for label, variant in (
-            ("text embedding only", {"use_features": False}),
-            ("graph features only", {"use_embedding": False}),
+            ("core view only (embedding + scale, activation, operator features)", {"core_weight": 1.0}),
+            ("full view only (core + 512 WL counts)", {"core_weight": 0.0}),
+            ("graph features only (both views, no text embedding)", {"use_embedding": False}),
         ):
             taus = []
             for seed in seeds:
@@ -97,17 +99,21 @@ def main() -> None:
             print("ablation", frac, label, round(float(np.mean(taus)), 3))
             ablation.append(f"| {frac:.0%} ({samples}) | {label} | {_ms(taus)} |")
     setting = (
-        f"head: ensemble of {args.ensemble} MLPs {TrainOptions().hidden} on the all-MiniLM-L6-v2 embedding of the "
-        "`compact` text + graph features (scale, op shares, 512 hashed Weisfeiler-Lehman counts of the ONNX graph)"
-        f", {args.loss} loss, {args.epochs} epochs; seeds {seeds} (split and head); mean +- std over seeds"
+        f"head: two views of {args.ensemble} MLPs {TrainOptions().hidden} each, weighted "
+        f"{TrainOptions().core_weight} / {1 - TrainOptions().core_weight}: the core view reads the all-MiniLM-L6-v2 "
+        "embedding of the `compact` text, scale features, operator shares and the activation features (V-PCA of "
+        "the ONNX file on 8 shipped probe images, onnxruntime); the full view also 512 hashed Weisfeiler-Lehman "
+        f"counts of the ONNX graph; {args.loss} loss, {args.epochs} epochs; seeds {seeds} (split and head); "
+        "mean +- std over seeds"
     )
     body = (
         f"Target: NB201 CIFAR-10 validation accuracy (`cifar10_valid_acc`, 200 epochs). Each predictor is trained on "
         f"a random share of the {n} cells and evaluated on **all the other cells** (never a training cell); "
         f"{setting}. Embedding the {n} texts took {embed_s / 60:.1f} min (cache state at the start decides: "
         "see the throughput section for cold figures).\n\n"
-        "| train cells | Kendall tau | Spearman rho | precision@100 | tau #params | tau FLOPs | fit s |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        "| train cells | Kendall tau | Spearman rho | precision@100 | tau #params | tau FLOPs | tau V-PCA feature | "
+        "fit s |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        "`tau V-PCA feature`: the activation feature `act_vpca` alone, untrained, on the same held-out cells.\n\n"
         "Published zero-cost baseline on NB201 CIFAR-10 (Abdelfattah et al. 2021): synflow Spearman rho 0.74 "
         "(all cells, no training data). Targets: tau >= 0.70 with 1% (156 cells), >= 0.80 with 5%.\n\n"
         "Ablation (same splits and seeds; Kendall tau on the held-out cells):\n\n"

@@ -360,7 +360,7 @@ def predictor_train(
     ensemble: Annotated[int, typer.Option(help="MLPs per view, trained with successive seeds, averaged.")] = 5,
     core_weight: Annotated[
         float, typer.Option(help="Weight of the core view (embedding + compact features) against the full view.")
-    ] = 0.75,
+    ] = 0.5,
 ) -> None:
     """Train a predictor on a bench; its held-out figures are stored in the file."""
     from onnx_bench.text import FORMATS

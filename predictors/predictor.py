@@ -47,7 +47,7 @@ class TrainOptions:
     use_features: bool = True
     use_embedding: bool = True
     ensemble: int = 1  # MLPs per view
-    core_weight: float = 0.75  # weight of the core view (0: full view only, 1: core view only)
+    core_weight: float = 0.5  # weight of the core view (0: full view only, 1: core view only)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from onnx_bench.io import load_onnx
-from predictors.act_features import ACT_FEATURES
+from predictors.act_features import ACT_FEATURES, activation_summary
 from predictors.encoder import Encoder
 from predictors.predictor import Predictor
 from search_spaces.base import UserInputError
@@ -52,13 +53,18 @@ def load_predictor(path: str | Path | None = None) -> Predictor:
 
 def describe_model(model: Any, text_format: str) -> tuple[str, dict[str, Any]]:
     """(text, summary) of a loaded ONNX model: what a predictor reads."""
+    text, summary = _describe_graph(model, text_format)
+    return text, {**summary, **activation_summary(model)}
+
+
+def _describe_graph(model: Any, text_format: str) -> tuple[str, dict[str, Any]]:
+    """The text and the summary without the activation features (pure Python, holds the GIL)."""
     from onnx_bench.graph import summarize, wl_counts
     from onnx_bench.text import describe
-    from predictors.act_features import activation_summary
 
     text = describe(model, text_format)
-    full = {**summarize(model), "wl_counts": wl_counts(model), **activation_summary(model)}
-    return text, {k: full[k] for k in SUMMARY_KEYS}
+    full = {**summarize(model), "wl_counts": wl_counts(model)}
+    return text, {k: full[k] for k in SUMMARY_KEYS if k in full}
 
 
 def _doc_key(path: Path, text_format: str) -> str:
@@ -77,16 +83,28 @@ def describe_files(
             raise UserInputError(f"ONNX file not found: {f}")
         keys.append(_doc_key(f, text_format))
     cached = encoder.cache.get_docs(keys)
-    texts, summaries, new = [], [], {}
-    for f, key in zip(files, keys, strict=True):
-        if key in cached:
-            doc = json.loads(cached[key])
-        else:
-            text, summary = describe_model(load_onnx(f, check=False), text_format)
-            doc = {"text": text, "summary": summary}
-            new[key] = json.dumps(doc)
-        texts.append(doc["text"])
-        summaries.append(doc["summary"])
+    texts: list[str] = []
+    summaries: list[dict[str, Any]] = []
+    pending: dict[int, tuple[str, Future[dict[str, float]]]] = {}
+    # The activation statistics (onnxruntime and LAPACK, which release the GIL) run on a second thread while
+    # this one describes the next files and embeds the new texts.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for i, (f, key) in enumerate(zip(files, keys, strict=True)):
+            if key in cached:
+                doc = json.loads(cached[key])
+            else:
+                model = load_onnx(f, check=False)
+                pending[i] = (key, pool.submit(activation_summary, model))
+                text, summary = _describe_graph(model, text_format)
+                doc = {"text": text, "summary": summary}
+            texts.append(doc["text"])
+            summaries.append(doc["summary"])
+        if pending:
+            encoder.encode([texts[i] for i in pending])  # cached: the caller's encode finds them
+        new = {}
+        for i, (key, future) in pending.items():
+            summaries[i] = {**summaries[i], **future.result()}
+            new[key] = json.dumps({"text": texts[i], "summary": summaries[i]})
     encoder.cache.put_docs(new)
     return texts, summaries
 
