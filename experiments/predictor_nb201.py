@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--loss", default="ranking")
     parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--ensemble", type=int, default=5)
+    parser.add_argument("--ensemble", type=int, default=3, help="MLPs per view")
     parser.add_argument("--ablation-fractions", default="0.01,0.05", help="fractions for the ablation table")
     parser.add_argument("--key", default="predictor-nb201")
     args = parser.parse_args()

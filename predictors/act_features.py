@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ACT_FEATURES = ("act_vpca", "act_vpca90", "act_vpca999", "act_rank_share", "act_sites", "act_missing")
 ETAS = (0.99, 0.9, 0.999)
 PROBE_FILE = "probe_images.npy"
+DYNAMIC_SIZE = 32
 _MEAN = np.array((0.4914, 0.4822, 0.4465), dtype=np.float32)[:, None, None]
 _STD = np.array((0.2470, 0.2435, 0.2616), dtype=np.float32)[:, None, None]
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
@@ -74,9 +75,12 @@ def _image_input(model: onnx.ModelProto) -> tuple[str, int, int, int, int] | Non
     value = inputs[0]
     elem = value.type.tensor_type.elem_type
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
-    if elem not in _FLOAT_TYPES or len(dims) != 4 or dims[1] not in (1, 3) or min(dims[2:]) < 4:
+    if elem not in _FLOAT_TYPES or len(dims) != 4 or dims[1] not in (1, 3):
         return None
-    return value.name, elem, dims[1], dims[2], dims[3]
+    height, width = (d or DYNAMIC_SIZE for d in dims[2:])  # a dynamic height or width gets the probe's own 32
+    if min(height, width) < 4:
+        return None
+    return value.name, elem, dims[1], height, width
 
 
 def site_ks(samples: np.ndarray, etas: tuple[float, ...] = ETAS) -> list[int]:

@@ -63,6 +63,11 @@ def test_vpca_feature_matches_the_torch_proxy_on_the_probe_batch():
     # A graph that bakes batch size 1 in runs image by image and gives the same statistics.
     fixed = activation_summary(load_onnx(export_bytes(_cnn(batch_one_reshape=True), (3, 32, 32)), check=False))
     assert fixed == pytest.approx(feats)
+    # Dynamic height and width get the probe's own 32 x 32.
+    dynamic = load_onnx(export_bytes(model, (3, 32, 32)), check=False)
+    for axis in (2, 3):
+        dynamic.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = f"size{axis}"
+    assert activation_summary(dynamic) == pytest.approx(feats)
 
 
 def test_features_differ_between_architectures_and_are_missing_without_images():
