@@ -84,6 +84,7 @@ def make_record(job: Job) -> dict[str, Any]:
         "op_histogram": json.dumps(summary["op_histogram"], sort_keys=True),
         "wl_counts": json.dumps(wl_counts(model)),
         "build_options": json.dumps(job.build_options, sort_keys=True),
+        "space_options": json.dumps(job.space_options, sort_keys=True),
         "seed": job.seed,
         **act,
     }
@@ -184,9 +185,15 @@ def activation_record(row: dict[str, Any]) -> dict[str, float]:
     from search_spaces import get_space
 
     torch.set_num_threads(1)
-    space = get_space(row["space"])
-    options = json.loads(row.get("build_options") or "{}")
-    exported = export_architecture(space, space.decode(row["arch"]), seed=int(row["seed"]), build_options=options)
+
+    def options(column: str) -> dict[str, Any]:  # older records lack space_options: defaults
+        value = row.get(column)
+        return json.loads(value) if isinstance(value, str) and value else {}
+
+    space = get_space(row["space"], **options("space_options"))
+    exported = export_architecture(
+        space, space.decode(row["arch"]), seed=int(row["seed"]), build_options=options("build_options")
+    )
     if row["source"] == "nb201-table" and exported.sha256 != row["onnx_sha256"]:
         raise UserInputError(f"bench record {row['arch']} no longer exports to the same ONNX; rebuild the bench")
     return activation_summary(load_onnx(exported.data, check=False))
