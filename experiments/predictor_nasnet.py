@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--root", default="runs/predictor-nasnet")
     parser.add_argument("--bench", default="runs/bench-nasnet")
     parser.add_argument("--skip-search", action="store_true", help="reuse the runs under --root")
+    parser.add_argument("--search-note", default="", help="what to say about reused runs (with --skip-search)")
+    parser.add_argument("--extra-predictors", nargs="*", default=[], help="more NB201-only predictors to score")
     args = parser.parse_args()
     root = Path(args.root)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -93,7 +95,13 @@ def main() -> None:
     scores = predictor.score_embeddings(data.embeddings, data.summaries)
     y = data.y
     transfer = {
-        "predictor (NB201 only)": scores,
+        f"predictor (NB201 only, `{Path(args.predictor).name}`)": scores,
+        **{
+            f"predictor (NB201 only, `{Path(p).name}`)": Predictor.load(p).score_embeddings(
+                data.embeddings, data.summaries
+            )
+            for p in args.extra_predictors
+        },
         "#params": data.frame["params"].to_numpy(float),
         "FLOPs": data.frame["flops"].to_numpy(float),
     }
@@ -103,7 +111,9 @@ def main() -> None:
         f"images), nsga2, objectives accuracy:max + params:min, **{args.minutes:g} min wall clock per search**, seeds "
         f"{seeds}, one search at a time on the 2 cores. `predictor+train` screens each candidate with the NB201-only "
         "predictor and trains it only when its (score, params) is not dominated by an earlier screened candidate "
-        "(10% of the others trained anyway).\n\n"
+        "(10% of the others trained anyway)."
+        + (f" {args.search_note}" if args.skip_search and args.search_note else "")
+        + "\n\n"
         "| evaluator | seed | trained | screened out | hypervolume |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n\n"

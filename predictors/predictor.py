@@ -157,6 +157,8 @@ class Predictor:
     def score(
         self, texts: Sequence[str], summaries: Sequence[Mapping[str, Any]], encoder: Encoder | None = None
     ) -> np.ndarray:
+        if not self.use_embedding:  # a graph-features-only head never loads the encoder
+            return self.score_embeddings(np.zeros((len(texts), 0), dtype=np.float32), summaries)
         encoder = encoder or Encoder(self.encoder_name)
         if encoder.name != self.encoder_name:
             raise UserInputError(f"predictor was trained with encoder {self.encoder_name!r}, not {encoder.name!r}")

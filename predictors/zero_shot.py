@@ -73,9 +73,10 @@ def _doc_key(path: Path, text_format: str) -> str:
 
 
 def describe_files(
-    paths: Sequence[str | Path], text_format: str, encoder: Encoder
+    paths: Sequence[str | Path], text_format: str, encoder: Encoder, *, embed: bool = True
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Texts and summaries of ONNX files, from the cache where the file is unchanged."""
+    """Texts and summaries of ONNX files, from the cache where the file is unchanged; with ``embed``, the new
+    texts are embedded (into the cache) while the activation statistics finish."""
     files = [Path(p) for p in paths]
     keys = []
     for f in files:
@@ -99,7 +100,7 @@ def describe_files(
                 doc = {"text": text, "summary": summary}
             texts.append(doc["text"])
             summaries.append(doc["summary"])
-        if pending:
+        if pending and embed:
             encoder.encode([texts[i] for i in pending])  # cached: the caller's encode finds them
         new = {}
         for i, (key, future) in pending.items():
@@ -111,7 +112,7 @@ def describe_files(
 
 def score_files(paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None) -> np.ndarray:
     encoder = encoder or Encoder(predictor.encoder_name)
-    texts, summaries = describe_files(paths, predictor.text_format, encoder)
+    texts, summaries = describe_files(paths, predictor.text_format, encoder, embed=predictor.use_embedding)
     return predictor.score(texts, summaries, encoder)
 
 
