@@ -361,6 +361,15 @@ def predictor_train(
     core_weight: Annotated[
         float, typer.Option(help="Weight of the core view (embedding + compact features) against the full view.")
     ] = 0.5,
+    finetune_encoder: Annotated[
+        bool,
+        typer.Option(
+            "--finetune-encoder",
+            help="Fine-tune the encoder on the training texts first (GPU when present); it is saved as "
+            "OUT.encoder/ and the predictor names it.",
+        ),
+    ] = False,
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of encoder fine-tuning.")] = 1,
 ) -> None:
     """Train a predictor on a bench; its held-out figures are stored in the file."""
     from onnx_bench.text import FORMATS
@@ -379,9 +388,30 @@ def predictor_train(
         ensemble=ensemble,
         core_weight=core_weight,
     )
+    if finetune_encoder and not embedding:
+        raise UserInputError("--finetune-encoder needs the text embedding (drop --no-embedding)")
     enc = Encoder(encoder or DEFAULT_ENCODER)
     data = load_bench_data(bench, target, space=space, text_format=text_format, encoder=enc, show_progress=True)
     train_idx, held_out = split(len(data.y), samples, seed)
+    if finetune_encoder:
+        import torch
+
+        from predictors.finetune import FinetuneOptions
+        from predictors.finetune import finetune_encoder as finetune
+
+        if not torch.cuda.is_available():
+            err.print("no GPU: fine-tuning the encoder on the CPU (slow for more than a few hundred texts)")
+        texts = data.frame[f"text_{text_format}"].astype(str).tolist()
+        encoder_dir = finetune(
+            enc,
+            [texts[i] for i in train_idx],
+            data.y[train_idx],
+            out_file.with_name(out_file.name + ".encoder").resolve(),
+            FinetuneOptions(epochs=finetune_epochs, seed=seed),
+            groups=data.groups[train_idx],
+        )
+        enc = Encoder(str(encoder_dir))
+        data = load_bench_data(bench, target, space=space, text_format=text_format, encoder=enc, show_progress=True)
     predictor = fit(
         data, train_idx, options, encoder_name=enc.name, text_format=text_format, held_out=held_out, bench=str(bench)
     )

@@ -157,3 +157,36 @@ def test_shipped_default_predictor_scores_foreign_networks(tmp_path: Path):
     proc = nas("predict", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert np.isfinite(json.loads(proc.stdout)["score"])
+
+
+def test_finetuned_encoder_is_saved_named_and_used(bench: Path, tmp_path: Path):
+    """--finetune-encoder (CPU here) changes the encoder, saves it beside the predictor, and the predictor scores
+    new files with the fine-tuned encoder, not the stock one."""
+    from predictors.encoder import Encoder
+
+    path = tmp_path / "ft.safetensors"
+    proc = nas(
+        "predictor", "train", "--bench", str(bench), "--target", "cifar10_valid_acc", "--samples", "12",
+        "--epochs", "5", "--ensemble", "1", "--finetune-encoder", "--finetune-epochs", "2", "--out", str(path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    encoder_dir = tmp_path / "ft.safetensors.encoder"
+    assert (encoder_dir / "modules.json").is_file() and not list(tmp_path.glob(".*"))
+    pred = Predictor.load(path)
+    assert pred.encoder_name == str(encoder_dir)
+    text = read_bench(bench)["text_compact"].iloc[0]
+    stock, tuned = Encoder(cache=False).encode([text]), Encoder(str(encoder_dir), cache=False).encode([text])
+    assert stock.shape == tuned.shape and not np.allclose(stock, tuned, atol=1e-6)
+    onnx_file = tmp_path / "cell.onnx"
+    assert (
+        nas("export", "--space", "nb201", "--arch", read_bench(bench)["arch"].iloc[0], "-o", str(onnx_file)).returncode
+        == 0
+    )
+    scored = nas("predict", str(onnx_file), "--predictor", str(path), "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert np.isfinite(json.loads(scored.stdout)["score"])
+    refused = nas(
+        "predictor", "train", "--bench", str(bench), "--target", "cifar10_valid_acc", "--finetune-encoder",
+        "--no-embedding", "--out", str(tmp_path / "x.safetensors"),
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--finetune-encoder needs the text embedding" in refused.stderr
