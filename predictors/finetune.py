@@ -101,8 +101,9 @@ def _pooled(model: torch.nn.Module, texts: list[list[tuple[str, int]]], device: 
     pieces = [p for windows in texts for p, _ in windows]
     weights = torch.tensor([max(n, 1) for windows in texts for _, n in windows], dtype=torch.float32, device=device)
     owner = torch.tensor([i for i, windows in enumerate(texts) for _ in windows], device=device)
-    features = model.tokenize(pieces)  # type: ignore[operator]
-    features = {k: v.to(device) for k, v in features.items()}
+    prepare = getattr(model, "preprocess", None) or model.tokenize  # newer sentence-transformers: preprocess
+    features = prepare(pieces)  # type: ignore[operator]
+    features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
     vecs = model(features)["sentence_embedding"]
     sums = torch.zeros(len(texts), vecs.shape[1], device=device).index_add(0, owner, vecs * weights[:, None])
     return torch.nn.functional.normalize(sums, dim=1)
