@@ -34,8 +34,6 @@ ACT_FEATURES = ("act_vpca", "act_vpca90", "act_vpca999", "act_rank_share", "act_
 ETAS = (0.99, 0.9, 0.999)
 PROBE_FILE = "probe_images.npy"
 DYNAMIC_SIZE = 32
-_MEAN = np.array((0.4914, 0.4822, 0.4465), dtype=np.float32)[:, None, None]
-_STD = np.array((0.2470, 0.2435, 0.2616), dtype=np.float32)[:, None, None]
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
@@ -55,7 +53,11 @@ def probe_batch(channels: int, height: int, width: int) -> np.ndarray:
     """The probe images as a normalised float32 batch of the given shape (grey = mean of the colour channels)."""
     import torch
 
-    x = (probe_images().astype(np.float32) / 255.0 - _MEAN) / _STD
+    from nas.data import CIFAR10_MEAN, CIFAR10_STD
+
+    mean = np.asarray(CIFAR10_MEAN, dtype=np.float32)[:, None, None]
+    std = np.asarray(CIFAR10_STD, dtype=np.float32)[:, None, None]
+    x = (probe_images().astype(np.float32) / 255.0 - mean) / std
     if channels == 1:
         x = x.mean(axis=1, keepdims=True)
     elif channels != 3:
@@ -83,24 +85,14 @@ def _image_input(model: onnx.ModelProto) -> tuple[str, int, int, int, int] | Non
     return value.name, elem, dims[1], height, width
 
 
-def site_ks(samples: np.ndarray, etas: tuple[float, ...] = ETAS) -> list[int]:
-    """k(eta) of one site's samples x features matrix, for each eta (0 for a site without variance)."""
-    return ks_from_features(np.ascontiguousarray(samples.T), etas)
-
-
 def ks_from_features(features: np.ndarray, etas: tuple[float, ...] = ETAS) -> list[int]:
-    """As `site_ks`, from the features x samples matrix: centred in float32, the covariance by one BLAS call,
-    eigenvalues in float64."""
+    """k(eta) of one site's features x samples matrix for each eta (0 for a site without variance): centred in
+    float32, the covariance by one BLAS call, eigenvalues in float64."""
+    from predictors.proxies.pca import components_for
+
     h = features.astype(np.float32, copy=False)
     h = h - h.mean(axis=1, keepdims=True)
-    eig = np.clip(np.linalg.eigvalsh((h @ h.T).astype(np.float64))[::-1], 0.0, None)
-    total = float(eig.sum())
-    if not math.isfinite(total):
-        raise FloatingPointError("non-finite activations")
-    if total <= 0.0:
-        return [0 for _ in etas]
-    ratio = np.cumsum(eig) / total
-    return [min(int(np.searchsorted(ratio, eta, side="right")) + 1, len(ratio)) for eta in etas]
+    return components_for(np.linalg.eigvalsh((h @ h.T).astype(np.float64)), etas)
 
 
 def _as_features(a: np.ndarray) -> np.ndarray:

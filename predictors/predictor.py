@@ -97,15 +97,14 @@ class Head(nn.Module):
         self.core = nn.ModuleList(_mlp(core_inputs, hidden, dropout) for _ in range(core_members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = []
+        # `train_predictor` leaves a view empty exactly when its weight is 0
+        score = torch.zeros(x.shape[0], dtype=x.dtype)
         if len(self.members):
-            full = torch.stack([m(x).squeeze(-1) for m in self.members]).mean(dim=0)
-            parts.append((1.0 - self.core_weight if len(self.core) else 1.0) * full)
+            score = score + (1.0 - self.core_weight) * torch.stack([m(x).squeeze(-1) for m in self.members]).mean(0)
         if len(self.core):
             xc = x[:, : self.core_inputs]
-            core = torch.stack([m(xc).squeeze(-1) for m in self.core]).mean(dim=0)
-            parts.append((self.core_weight if len(self.members) else 1.0) * core)
-        return torch.stack(parts).sum(dim=0)
+            score = score + self.core_weight * torch.stack([m(xc).squeeze(-1) for m in self.core]).mean(dim=0)
+        return score
 
 
 def ranking_loss(

@@ -14,7 +14,7 @@ from torch import nn
 from onnx_bench.bench import build, nb201_jobs, read_bench, shards
 from onnx_bench.export import export_bytes
 from onnx_bench.io import load_onnx
-from predictors.act_features import ACT_FEATURES, activation_summary, probe_batch, site_ks
+from predictors.act_features import ACT_FEATURES, activation_summary, ks_from_features, probe_batch
 from predictors.features import CORE_FEATURES, FEATURE_NAMES, feature_vector
 from predictors.predictor import Predictor, TrainOptions, train_predictor
 from predictors.proxies import ProxyBatch, ProxyConfig, compute_proxies
@@ -39,13 +39,13 @@ def _cnn(batch_one_reshape: bool = False) -> nn.Module:
     return Net().eval()
 
 
-def test_site_ks_counts_principal_components():
+def test_ks_from_features_counts_principal_components():
     rng = np.random.default_rng(0)
     rank2 = rng.normal(size=(500, 2)) @ rng.normal(size=(2, 6))  # 6 features, 2 independent directions
-    assert site_ks(rank2, (0.99,)) == [2]
+    assert ks_from_features(rank2.T, (0.99,)) == [2]
     iso = rng.normal(size=(5000, 4))
-    assert site_ks(iso, (0.5, 0.99)) == [2, 4]  # isotropic: eta of the variance needs eta of the components
-    assert site_ks(np.ones((10, 3)), (0.99,)) == [0]  # no variance
+    assert ks_from_features(iso.T, (0.5, 0.99)) == [2, 4]  # isotropic: eta of the variance needs eta of the components
+    assert ks_from_features(np.ones((3, 10)), (0.99,)) == [0]  # no variance
 
 
 def test_vpca_feature_matches_the_torch_proxy_on_the_probe_batch():

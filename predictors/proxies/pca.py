@@ -29,14 +29,20 @@ def pca_k(samples: torch.Tensor | np.ndarray, eta: float) -> int:
         raise ProxyError("PCA needs at least 2 samples")
     h = h - h.mean(dim=0, keepdim=True)
     cov = h.T @ h / (h.shape[0] - 1)
-    eigvals = torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
-    total = float(eigvals.sum())
+    return components_for(torch.linalg.eigvalsh(cov).numpy(), (eta,))[0]
+
+
+def components_for(eigvals: np.ndarray, etas: tuple[float, ...]) -> list[int]:
+    """For each eta, the smallest k whose top-k of the covariance eigenvalues ``eigvals`` (any order) exceed eta
+    of their sum; 0 when there is no variance."""
+    eig = np.clip(np.sort(np.asarray(eigvals, dtype=np.float64))[::-1], 0.0, None)
+    total = float(eig.sum())
     if not np.isfinite(total):
         raise ProxyError("non-finite activations")
     if total <= 0.0:
-        return 0
-    ratio = (torch.cumsum(eigvals, 0) / total).numpy()
-    return min(int(np.searchsorted(ratio, eta, side="right")) + 1, len(ratio))
+        return [0 for _ in etas]
+    ratio = np.cumsum(eig) / total
+    return [min(int(np.searchsorted(ratio, eta, side="right")) + 1, len(ratio)) for eta in etas]
 
 
 def vpca_value(sites: list[torch.Tensor], eta: float) -> int:
