@@ -119,13 +119,28 @@ def test_nb201_proxies_order_networks_like_their_size():
     )
 
 
+def test_naswot_v1_differentiates_the_classifier_input(data_dir: Path):
+    from predictors.proxies.data import image_batch
+    from predictors.proxies.naswot import penultimate
+
+    model = SmallCNN()
+    x = torch.randn(4, 3, 8, 8)
+    assert penultimate(model, x).shape == (4, 12)  # the Linear's input, not the 10 logits
+    assert penultimate(nn.Sequential(nn.Conv2d(3, 2, 3)), x).shape == (4, 2, 6, 6)  # no Linear: the output
+    batch = image_batch(ProxyConfig(batch_size=8), data_dir)
+    score = compute_proxies(model, ["naswot_v1"], batch)["naswot_v1"]
+    with torch.no_grad():
+        model[-1].weight.zero_()  # logits no longer depend on the input; the features still do
+    assert compute_proxies(model, ["naswot_v1"], batch)["naswot_v1"] == score
+
+
 def test_naswot_v1_agrees_with_the_published_scores(data_dir: Path, nb201_csv: Path):
     from nas.evaluators import load_nb201_table
     from predictors.proxies.data import image_batch
 
     table = load_nb201_table(str(nb201_csv))
     cells = [c for c in random.Random(3).sample(sorted(table), 14) if np.isfinite(table[c]["naswot_score_v1"])][:10]
-    config = ProxyConfig(batch_size=128)  # the reference code's batch size
+    config = ProxyConfig(batch_size=256)  # the reference code's batch size
     batch = image_batch(config, data_dir)
     space, ours = get_space("nb201"), []
     for cell in cells:
