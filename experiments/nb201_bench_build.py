@@ -15,7 +15,7 @@ from pathlib import Path
 
 from experiments.record import record
 from nas.data import resolve_data_dir
-from nas.evaluators import load_nb201_table
+from nas.evaluators import load_nb201_identities, load_nb201_table
 from onnx_bench.bench import build, info, nb201_jobs
 
 
@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="keep the bench here (default: a temp dir, removed)")
     parser.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR"))
     args = parser.parse_args()
-    table = load_nb201_table(str(resolve_data_dir(args.data_dir) / "nb201" / "nb201.csv"))
-    jobs = nb201_jobs(table, args.limit)
+    csv_path = str(resolve_data_dir(args.data_dir) / "nb201" / "nb201.csv")
+    table = load_nb201_table(csv_path)
+    jobs = nb201_jobs(table, args.limit, load_nb201_identities(csv_path))
     out = Path(args.out or tempfile.mkdtemp(prefix="nb201-bench-"))
     start = time.perf_counter()
     result = build(jobs, out, workers=args.workers)

@@ -265,23 +265,27 @@ def _bench_progress(title: str) -> Any:
 
 @bench_app.command("build")
 def bench_build(
-    space: Annotated[str, typer.Option(help="Only nb201: every cell of the table.")],
+    space: Annotated[str, typer.Option(help="nb201 (every cell of the table) or nbmacro (every distinct network).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bench directory (created; existing records kept).")],
-    limit: Annotated[int | None, typer.Option(help="Only the first N cells (by NB201 index).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N architectures (table order).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
 ) -> None:
-    """Build the records of every NB201 cell (incremental: records already present are skipped)."""
+    """Build the records of a benchmark table's networks (incremental: records already present are skipped)."""
     from nas.data import resolve_data_dir
-    from nas.evaluators import load_nb201_table
-    from onnx_bench.bench import nb201_jobs
+    from nas.evaluators import load_nb201_identities, load_nb201_table, load_nbmacro_table, nbmacro_table_path
+    from onnx_bench.bench import nb201_jobs, nbmacro_jobs
 
-    if space != "nb201":
-        raise UserInputError(f"bench build covers --space nb201 only, not {space!r}; use `nas bench harvest`")
+    if space not in ("nb201", "nbmacro"):
+        raise UserInputError(f"bench build covers --space nb201 or nbmacro, not {space!r}; use `nas bench harvest`")
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit {limit} must be >= 1")
-    table = load_nb201_table(str(resolve_data_dir(data_dir) / "nb201" / "nb201.csv"))
-    _run_bench(nb201_jobs(table, limit), out_dir, workers, "bench nb201")
+    if space == "nbmacro":
+        jobs = nbmacro_jobs(load_nbmacro_table(str(nbmacro_table_path(data_dir))), limit)
+    else:
+        csv_path = str(resolve_data_dir(data_dir) / "nb201" / "nb201.csv")
+        jobs = nb201_jobs(load_nb201_table(csv_path), limit, load_nb201_identities(csv_path))
+    _run_bench(jobs, out_dir, workers, f"bench {space}")
 
 
 @bench_app.command("harvest")
@@ -349,7 +353,10 @@ def predictor_train(
     target: Annotated[str, typer.Option(help="Metric column to predict, e.g. cifar10_valid_acc.")],
     out_file: Annotated[Path, typer.Option("--out", help="Predictor file to write (.safetensors).")],
     space: Annotated[str | None, typer.Option(help="Only records of this space.")] = None,
-    samples: Annotated[int | None, typer.Option(help="Train on N random records; the rest are held out.")] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(help="Train on about N records of randomly drawn networks; the other networks are held out."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and of the head.")] = 0,
     loss: Annotated[str, typer.Option(help="ranking (pairwise margin) or mse.")] = "ranking",
     text_format: Annotated[str, typer.Option("--format", help="Text format: compact or chain_slim.")] = "compact",
@@ -375,7 +382,7 @@ def predictor_train(
     from onnx_bench.text import FORMATS
     from predictors.encoder import DEFAULT_ENCODER, Encoder
     from predictors.predictor import TrainOptions
-    from predictors.training import fit, load_bench_data, split
+    from predictors.training import fit, identities, load_bench_data, split
 
     if text_format not in FORMATS:
         raise UserInputError(f"unknown --format {text_format!r}; valid: {', '.join(FORMATS)}")
@@ -392,7 +399,7 @@ def predictor_train(
         raise UserInputError("--finetune-encoder needs the text embedding (drop --no-embedding)")
     enc = Encoder(encoder or DEFAULT_ENCODER)
     data = load_bench_data(bench, target, space=space, text_format=text_format, encoder=enc, show_progress=True)
-    train_idx, held_out = split(len(data.y), samples, seed)
+    train_idx, held_out = split(identities(data.frame), samples, seed)
     if finetune_encoder:
         import torch
 
@@ -430,11 +437,15 @@ def predictor_eval(
     target: Annotated[str | None, typer.Option(help="Metric column (default: the predictor's own).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Kendall tau, Spearman rho, precision@k and MAE of a predictor on a bench (training records included,
-    unless the bench is another one)."""
+    """Kendall tau, Spearman rho, precision@k and MAE of a predictor on a bench. Records whose network (or a
+    twin) the predictor was trained on are reported separately, with a warning."""
+    import json
+
+    import numpy as np
+
     from predictors.encoder import Encoder
     from predictors.predictor import Predictor
-    from predictors.training import evaluate, load_bench_data
+    from predictors.training import evaluate, load_bench_data, trained_on
 
     predictor = Predictor.load(predictor_file)
     goal = target or predictor.meta.get("training_data", {}).get("target")
@@ -443,8 +454,26 @@ def predictor_eval(
     data = load_bench_data(
         bench, goal, space=space, text_format=predictor.text_format, encoder=Encoder(predictor.encoder_name)
     )
-    figures = {k: round(v, 4) for k, v in evaluate(predictor, data).items()}
-    _print_mapping(figures, f"{predictor_file} on {bench} ({data.target})", json_out)
+    seen = trained_on(predictor, data.frame)
+    title = f"{predictor_file} on {bench} ({data.target})"
+    if not seen.any():
+        _print_mapping({k: round(v, 4) for k, v in evaluate(predictor, data).items()}, title, json_out)
+        return
+    err.print(
+        f"warning: {int(seen.sum())} of {len(seen)} records are networks the predictor was trained on (or twins); "
+        "their figures are reported separately and are not zero-shot figures",
+        soft_wrap=True,
+    )
+    report: dict[str, Any] = {}
+    for label, mask in (("unseen", ~seen), ("trained_on", seen), ("all", np.ones_like(seen))):
+        idx = np.flatnonzero(mask)
+        figures = evaluate(predictor, data.subset(idx)) if len(idx) >= 2 else {"n": float(len(idx))}
+        report[label] = {k: round(v, 4) for k, v in figures.items()}
+    if json_out:
+        print(json.dumps(report))
+        return
+    for label, figures in report.items():
+        _print_mapping(figures, f"{title}: {label} records", False)
 
 
 @app.command()
@@ -455,18 +484,26 @@ def predict(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per file.")] = False,
 ) -> None:
-    """Score ONNX networks without training them: higher is better."""
+    """Score ONNX networks without training them: higher is better. ``uncertainty`` is the spread of the
+    predictor's ensemble; a file far outside the networks the predictor was trained on gets a warning."""
     import json
 
-    from predictors.zero_shot import load_predictor, score_files
+    from predictors.zero_shot import NOVELTY_WARN, load_predictor, predict_files
 
     predictor = load_predictor(predictor_file)
-    scores = score_files(files, predictor)
-    for f, score in zip(files, scores, strict=True):
+    scores, spreads, novelty = predict_files(files, predictor)
+    for f, score, spread, (feature, distance) in zip(files, scores, spreads, novelty, strict=True):
+        if distance > NOVELTY_WARN:
+            err.print(
+                f"warning: {f} lies far outside the networks the predictor was trained on ({feature} is "
+                f"{distance:.1f} standard deviations beyond their range); its score is an extrapolation",
+                soft_wrap=True,
+            )
         if json_out:
-            print(json.dumps({"file": str(f), "score": round(float(score), 6)}))
+            row = {"file": str(f), "score": round(float(score), 6), "uncertainty": round(float(spread), 6)}
+            print(json.dumps({**row, "outside_training": feature or None, "outside_by": round(distance, 3)}))
         else:
-            out.print(f"{score:10.4f}  {f}", highlight=False)
+            out.print(f"{score:10.4f} +- {spread:.4f}  {f}", highlight=False)
 
 
 @app.command()

@@ -39,6 +39,7 @@ class Job:
     space_options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # a state_dict file with trained weights
     seed: int = 0
+    identity: str = ""  # the architecture's identity (equal networks share it); default: the encoded architecture
 
 
 def make_record(job: Job) -> dict[str, Any]:
@@ -69,6 +70,7 @@ def make_record(job: Job) -> dict[str, Any]:
         "space": job.space,
         "arch": space.encode(arch),
         "source": job.source,
+        "identity": job.identity or space.encode(arch),
         "onnx_sha256": exported.sha256,
         "onnx_bytes": len(exported.data),
         "text_chain_slim": chain,
@@ -194,7 +196,7 @@ def activation_record(row: dict[str, Any]) -> dict[str, float]:
     exported = export_architecture(
         space, space.decode(row["arch"]), seed=int(row["seed"]), build_options=options("build_options")
     )
-    if row["source"] == "nb201-table" and exported.sha256 != row["onnx_sha256"]:
+    if row["source"] in ("nb201-table", "nbmacro-table") and exported.sha256 != row["onnx_sha256"]:
         raise UserInputError(f"bench record {row['arch']} no longer exports to the same ONNX; rebuild the bench")
     return activation_summary(load_onnx(exported.data, check=False))
 
@@ -250,15 +252,37 @@ NB201_METRICS = {
 }
 
 
-def nb201_jobs(table: dict[str, dict[str, float]], limit: int | None = None) -> list[Job]:
-    """One job per NB201 cell (table order by index), with the table's accuracies and device latencies."""
+def nb201_jobs(
+    table: dict[str, dict[str, float]], limit: int | None = None, identities: dict[str, str] | None = None
+) -> list[Job]:
+    """One job per NB201 cell (table order by index), with the table's accuracies and device latencies;
+    ``identities`` (arch -> the table's ``iso_unique_str``) marks isomorphic cells as one network."""
     items = sorted(table.items(), key=lambda kv: kv[1]["nb201_index"])[:limit]
     jobs = []
     for arch, row in items:
         metrics = {name: row[col] for name, col in NB201_METRICS.items()}
         metrics.update({k: v for k, v in row.items() if k.startswith("lat_")})
         metrics["nb201_index"] = row["nb201_index"]
-        jobs.append(Job("nb201", arch, "nb201-table", metrics))
+        jobs.append(Job("nb201", arch, "nb201-table", metrics, identity=(identities or {}).get(arch, "")))
+    return jobs
+
+
+def nbmacro_jobs(table: dict[str, dict[str, Any]], limit: int | None = None) -> list[Job]:
+    """One job per distinct NAS-Bench-Macro network (canonical string order), with the three runs' accuracies,
+    their mean (``mean_acc``) and the table's params and FLOPs (``table_params``, ``table_flops``: multiply-
+    accumulates of its convolutions). The record's own ``params`` column counts the exported ONNX graph, where
+    batch norm is folded into the convolutions, so it is the table's figure less the BN parameters."""
+    from search_spaces import get_space
+
+    space = get_space("nbmacro")
+    canonical = sorted({space.encode(space.decode(arch)) for arch in table})[:limit]
+    jobs = []
+    for arch in canonical:
+        row = table[arch]
+        metrics = {f"acc_run{i + 1}": float(v) for i, v in enumerate(row["test_acc"])}
+        metrics.update(mean_acc=float(row["mean_acc"]), table_params=float(row["params"]))
+        metrics["table_flops"] = float(row["flops"])
+        jobs.append(Job("nbmacro", arch, "nbmacro-table", metrics))
     return jobs
 
 

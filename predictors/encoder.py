@@ -9,7 +9,8 @@ into windows that each fit, every window is embedded, and the window embeddings 
 their token counts (then L2-normalised): the mean-pooled embedding of the whole text, window by window.
 
 The cache is one SQLite file (``$NAS_CACHE_DIR/embeddings.sqlite``, default ``~/.cache/nas``) keyed by
-sha256(encoder name, text); values are float32 vectors.
+sha256(encoder weights, text): a digest of the encoder's weight files, not its name, so an encoder fine-tuned
+again into the same directory never gets the embeddings of its older self; values are float32 vectors.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from search_spaces.base import UserInputError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx")
 
 
 def default_cache_dir() -> Path:
@@ -127,6 +129,7 @@ class Encoder:
             cache_path = cache
         self.cache = EmbeddingCache(cache_path)
         self._model: Any = None
+        self._fingerprint: str | None = None
         self.stats = {"cached": 0, "encoded": 0, "windows": 0}
 
     @property
@@ -141,6 +144,35 @@ class Encoder:
             except (OSError, ValueError) as exc:
                 raise UserInputError(f"cannot load encoder {self.name!r}: {str(exc).splitlines()[0]}") from exc
         return self._model
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the encoder's weight files (a hub name that is not a directory: the name). A file's own
+        digest is cached under its path, size and modification time, so an unchanged encoder is never re-read."""
+        if self._fingerprint is None:
+            root = Path(resolve_encoder_path(self.name))
+            if not root.is_dir():
+                self._fingerprint = self.name
+                return self._fingerprint
+            files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+            if not files:
+                raise UserInputError(f"encoder directory {root} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+            stats = {f: f.stat() for f in files}
+            keys = {f: f"weights|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}" for f, st in stats.items()}
+            known = self.cache.get_docs(list(keys.values()))
+            digests, new = [], {}
+            for f in files:
+                digest = known.get(keys[f])
+                if digest is None:
+                    sha = hashlib.sha256()
+                    with open(f, "rb") as fh:
+                        for block in iter(lambda fh=fh: fh.read(1 << 20), b""):  # type: ignore[misc]
+                            sha.update(block)
+                    digest = new[keys[f]] = sha.hexdigest()
+                digests.append(f"{f.relative_to(root)}={digest}")
+            self.cache.put_docs(new)
+            self._fingerprint = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+        return self._fingerprint
 
     @property
     def window(self) -> int:
@@ -167,7 +199,7 @@ class Encoder:
         return pieces
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
-        keys = [self.cache.key(self.name, t) for t in texts]
+        keys = [self.cache.key(self.fingerprint, t) for t in texts]
         found = self.cache.get_many(sorted(set(keys)))
         self.stats["cached"] += sum(1 for k in keys if k in found)
         todo: dict[str, str] = {}

@@ -5,7 +5,7 @@ margin ranking loss (pairs within a group only, standardised targets); long text
 and token-weighted mean-pooled exactly as `predictors.encoder.Encoder` does, so training sees what scoring sees.
 The result is a plain sentence-transformers model directory, written to a temporary directory and renamed into
 place; a predictor trained on its embeddings names that directory as its encoder (the embedding cache keys on
-the name, so fine-tuned and stock embeddings never mix).
+the encoder's weights, so fine-tuned and stock embeddings, or two fine-tunings into one directory, never mix).
 """
 
 from __future__ import annotations

@@ -96,6 +96,12 @@ class Head(nn.Module):
         self.members = nn.ModuleList(_mlp(inputs, hidden, dropout) for _ in range(members))
         self.core = nn.ModuleList(_mlp(core_inputs, hidden, dropout) for _ in range(core_members))
 
+    def member_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(members, n): every MLP's own score, each on the standardised target scale."""
+        outs = [m(x).squeeze(-1) for m in self.members]
+        outs += [m(x[:, : self.core_inputs]).squeeze(-1) for m in self.core]
+        return torch.stack(outs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # `train_predictor` leaves a view empty exactly when its weight is 0
         score = torch.zeros(x.shape[0], dtype=x.dtype)
@@ -152,6 +158,27 @@ class Predictor:
         self.head.eval()
         out = self.head(self.inputs(embeddings, summaries)).numpy().astype(np.float64)
         return out * self.target_std + self.target_mean
+
+    @torch.no_grad()
+    def spread(self, embeddings: np.ndarray, summaries: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The ensemble's disagreement on each network: the standard deviation of its members' scores, on the
+        target's scale (0 for a single-member head)."""
+        self.head.eval()
+        members = self.head.member_scores(self.inputs(embeddings, summaries)).numpy().astype(np.float64)
+        return members.std(axis=0) * self.target_std if len(members) > 1 else np.zeros(members.shape[1])
+
+    def novelty(self, summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
+        """For each network, the graph feature lying farthest outside the range the predictor was trained on,
+        and how far, in training standard deviations (0.0 inside the range)."""
+        lows, highs = self.meta.get("feature_low"), self.meta.get("feature_high")
+        if not (self.use_features and lows and highs) or not summaries:
+            return [("", 0.0)] * len(summaries)
+        z = feature_matrix(list(summaries))[:, : len(CORE_FEATURES)] - np.asarray(self.feature_mean)[: len(lows)]
+        z = z / np.asarray(self.feature_std)[: len(lows)]
+        below, above = np.asarray(lows) - z, z - np.asarray(highs)
+        gap = np.maximum(np.maximum(below, above), 0.0)
+        worst = gap.argmax(axis=1)
+        return [(CORE_FEATURES[k] if gap[i, k] > 0 else "", float(gap[i, k])) for i, k in enumerate(worst)]
 
     def score(
         self, texts: Sequence[str], summaries: Sequence[Mapping[str, Any]], encoder: Encoder | None = None
@@ -303,6 +330,10 @@ def train_predictor(
         target_std=t_std,
         meta={"train_options": asdict(opts), **(meta or {})},
     )
+    if opts.use_features:  # the training range of the compact features, in standard units: `Predictor.novelty`
+        core = (feats[:, : len(CORE_FEATURES)] - mean[: len(CORE_FEATURES)]) / std[: len(CORE_FEATURES)]
+        predictor.meta["feature_low"] = np.round(core.min(axis=0), 4).tolist()
+        predictor.meta["feature_high"] = np.round(core.max(axis=0), 4).tolist()
     x = predictor.inputs(embeddings, summaries)
     yt = torch.from_numpy(z.astype(np.float32))
     gt = torch.from_numpy(g.copy())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,20 @@ class BenchData:
 
 
 def load_bench_data(
-    bench: str | Path,
+    bench: str | Path | Sequence[str | Path],
     target: str,
     *,
     space: str | None = None,
     text_format: str = "compact",
     encoder: Encoder | None = None,
     show_progress: bool = False,
+    embed: bool = True,
 ) -> BenchData:
     """Records of ``bench`` (of ``space``) with a finite target, embedded (cached). ``target`` may list several
-    columns (``cifar10_valid_acc,accuracy``): each record takes the first one it has a value for."""
-    frame = read_bench(bench)
+    columns (``cifar10_valid_acc,accuracy``): each record takes the first one it has a value for. ``bench`` may
+    be several bench directories; without ``embed`` the embeddings are empty (graph-features-only heads)."""
+    benches = [bench] if isinstance(bench, str | Path) else list(bench)
+    frame = pd.concat([read_bench(b) for b in benches], ignore_index=True)
     if frame.empty:
         raise UserInputError(f"bench {bench} holds no records")
     if space is not None:
@@ -84,19 +88,57 @@ def load_bench_data(
     if len(frame) < 2:
         raise UserInputError(f"bench {bench} has {len(frame)} records with a value for {target!r}; need >= 2")
     texts, summaries = bench_inputs(frame, text_format)
+    if not embed:
+        return BenchData(frame, column, np.zeros((len(frame), 0), dtype=np.float32), summaries)
     encoder = encoder or Encoder()
     embeddings = encoder.encode(texts, show_progress=show_progress)
     return BenchData(frame, column, embeddings, summaries)
 
 
-def split(n: int, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) indices: ``samples`` random records to train on, the rest held out."""
-    order = np.random.default_rng(seed).permutation(n)
+def identities(frame: pd.DataFrame) -> np.ndarray:
+    """Each record's architecture identity: equal networks (isomorphic NB201 cells, NAS-Bench-Macro strings of
+    one network) share it; the record's space and its ``identity`` column (its encoded architecture in benches
+    built before that column existed)."""
+    ident = frame["identity"] if "identity" in frame.columns else frame["arch"]
+    ident = ident.where(ident.notna() & (ident.astype(str) != ""), frame["arch"])
+    return (frame["space"].astype(str) + "|" + ident.astype(str)).to_numpy()
+
+
+def identity_digests(ids: np.ndarray) -> list[str]:
+    """Short digests of identities (what a predictor file keeps of its training networks)."""
+    import hashlib
+
+    return [hashlib.sha1(str(i).encode()).hexdigest()[:12] for i in ids]
+
+
+def trained_on(predictor: Predictor, frame: pd.DataFrame) -> np.ndarray:
+    """Mask of the records whose network (or a twin of it) was among the predictor's training records."""
+    known = set(predictor.meta.get("training_data", {}).get("identities", []))
+    return np.asarray([d in known for d in identity_digests(identities(frame))], dtype=bool)
+
+
+def split(ids: np.ndarray, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) record indices split by architecture identity: identities are drawn at random and all
+    their records go to training until it holds ``samples`` records; held out is one record (the first) of
+    every other identity, so no held-out network has a twin among the training records and none is counted
+    twice."""
+    n = len(ids)
     if samples is None:
-        return order, np.array([], dtype=int)
+        return np.random.default_rng(seed).permutation(n), np.array([], dtype=int)
     if not 2 <= samples <= n:
         raise UserInputError(f"--samples {samples} must be in 2..{n} (records with a target value)")
-    return order[:samples], order[samples:]
+    codes = pd.factorize(pd.Series(np.asarray(ids)))[0]
+    members: list[list[int]] = [[] for _ in range(codes.max() + 1)]
+    for i, code in enumerate(codes):
+        members[code].append(i)
+    order = np.random.default_rng(seed).permutation(len(members))
+    train: list[int] = []
+    taken = 0
+    while len(train) < samples and taken < len(order):
+        train.extend(members[order[taken]])
+        taken += 1
+    held = [members[code][0] for code in order[taken:]]
+    return np.asarray(train, dtype=int), np.asarray(held, dtype=int)
 
 
 def fit(
@@ -118,6 +160,7 @@ def fit(
             "target": data.target,
             "records": len(train_idx),
             "records_per_space": {str(k): int(v) for k, v in part.frame["space"].value_counts().items()},
+            "identities": sorted(set(identity_digests(identities(part.frame)))),
         }
     }
     predictor = train_predictor(

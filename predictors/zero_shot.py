@@ -111,9 +111,22 @@ def describe_files(
 
 
 def score_files(paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None) -> np.ndarray:
+    return predict_files(paths, predictor, encoder)[0]
+
+
+NOVELTY_WARN = 3.0  # a feature this many training standard deviations outside the training range
+
+
+def predict_files(
+    paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
+    """(scores, ensemble spreads, novelty) of ONNX files: see `Predictor.spread` and `Predictor.novelty`."""
     encoder = encoder or Encoder(predictor.encoder_name)
     texts, summaries = describe_files(paths, predictor.text_format, encoder, embed=predictor.use_embedding)
-    return predictor.score(texts, summaries, encoder)
+    # a graph-features-only head never loads the encoder
+    embeddings = encoder.encode(list(texts)) if predictor.use_embedding else np.zeros((len(texts), 0), np.float32)
+    scores = predictor.score_embeddings(embeddings, summaries)
+    return scores, predictor.spread(embeddings, summaries), predictor.novelty(summaries)
 
 
 def bench_inputs(frame: pd.DataFrame, text_format: str) -> tuple[list[str], list[dict[str, Any]]]:

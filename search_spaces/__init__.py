@@ -35,7 +35,7 @@ def get_space(name: str, **options: Any) -> SearchSpace[Any]:
 
 def _load_builtin() -> None:
     # Imported on first use so `import search_spaces` stays cheap and free of torch.
-    from search_spaces import bignas, nasnet, nb201, transformer  # noqa: F401
+    from search_spaces import bignas, nasnet, nb201, nbmacro, transformer  # noqa: F401
 
 
 __all__ = ["InvalidArchitecture", "SearchSpace", "UserInputError", "get_space", "register", "space_names"]

@@ -44,8 +44,10 @@ def test_train_stores_metadata_and_held_out_figures(predictor_file: Path, bench:
     assert pred.meta["evaluation"]["held_out"]["n"] == 10.0
     proc = nas("predictor", "eval", str(predictor_file), "--bench", str(bench), "--json")
     assert proc.returncode == 0, proc.stderr
-    figures = json.loads(proc.stdout)
-    assert figures["n"] == 40 and -1 <= figures["kendall_tau"] <= 1 and "precision_at_10" in figures
+    report = json.loads(proc.stdout)  # the bench holds its own training records: reported apart, with a warning
+    assert "30 of 40 records are networks the predictor was trained on" in proc.stderr
+    assert (report["unseen"]["n"], report["trained_on"]["n"], report["all"]["n"]) == (10, 30, 40)
+    assert -1 <= report["unseen"]["kendall_tau"] <= 1 and "precision_at_10" in report["all"]
 
 
 def test_predict_scores_an_exported_file_like_its_bench_record(predictor_file: Path, bench: Path, tmp_path: Path):
@@ -59,6 +61,8 @@ def test_predict_scores_an_exported_file_like_its_bench_record(predictor_file: P
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [d["file"] for d in lines] == [str(path), str(other)]
+    assert all(d["uncertainty"] > 0 for d in lines)  # five MLPs per view never agree exactly
+    assert "far outside" not in proc.stderr and lines[0]["outside_by"] <= 3.0
     # The same network reaches the predictor as the same text: the score equals the bench record's score.
     pred = Predictor.load(predictor_file)
     data = load_bench_data(bench, "cifar10_valid_acc")
@@ -66,6 +70,16 @@ def test_predict_scores_an_exported_file_like_its_bench_record(predictor_file: P
     index = {a: i for i, a in enumerate(data.frame["arch"])}
     assert lines[0]["score"] == pytest.approx(expected[index[row["arch"]]], abs=1e-4)
     assert lines[1]["score"] == pytest.approx(expected[index[frame.iloc[3]["arch"]]], abs=1e-4)
+
+
+def test_predict_warns_on_a_network_unlike_its_training_networks(predictor_file: Path, tmp_path: Path):
+    macro = tmp_path / "macro.onnx"
+    assert nas("export", "--space", "nbmacro", "--arch", "22222222", "-o", str(macro)).returncode == 0
+    proc = nas("predict", str(macro), "--predictor", str(predictor_file), "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["outside_by"] > 3.0 and row["outside_training"]
+    assert f"warning: {macro} lies far outside the networks the predictor was trained on" in proc.stderr
 
 
 def test_predict_bad_inputs(predictor_file: Path, tmp_path: Path):
