@@ -4,7 +4,8 @@ Weisfeiler-Lehman subtree counts of the operator graph (`onnx_bench.graph.wl_cou
 computable for any ONNX graph (from `onnx_bench.graph` or a bench record); nothing here knows a search space.
 
 The first ``len(CORE_FEATURES)`` features (scale, activations, operator shares) are the predictor's compact
-view; the WL counts follow."""
+view, of which the first ``len(UNIVERSAL_FEATURES)`` (scale, activations) read alike in every family; the WL counts
+follow."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ COMMON_OPS = (
     "Transpose",
 )
 SCALE_FEATURES = ("log_params", "log_flops", "log_nodes", "log_depth", "log_peak_activation")
-CORE_FEATURES = (*SCALE_FEATURES, *ACT_FEATURES, *(f"op_{op}" for op in COMMON_OPS), "op_other")
+UNIVERSAL_FEATURES = (*SCALE_FEATURES, *ACT_FEATURES)  # what any family has: size and activation statistics
+CORE_FEATURES = (*UNIVERSAL_FEATURES, *(f"op_{op}" for op in COMMON_OPS), "op_other")
 FEATURE_NAMES = (*CORE_FEATURES, *(f"wl_{i}" for i in range(WL_DIM)))
 
 

@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from predictors.encoder import DEFAULT_ENCODER, Encoder
-from predictors.features import CORE_FEATURES, FEATURE_NAMES, feature_matrix
+from predictors.features import CORE_FEATURES, FEATURE_NAMES, UNIVERSAL_FEATURES, feature_matrix
 from search_spaces.base import UserInputError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "nas_predictor"
 LOSSES = ("ranking", "mse")
+CORE_VIEWS = ("compact", "universal")  # the core view's graph features: CORE_FEATURES or UNIVERSAL_FEATURES
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainOptions:
     use_embedding: bool = True
     ensemble: int = 1  # MLPs per view
     core_weight: float = 0.5  # weight of the core view (0: full view only, 1: core view only)
+    core_view: str = "compact"  # `CORE_VIEWS`: which graph features the core view reads beside the embedding
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,6 +57,8 @@ class TrainOptions:
             raise UserInputError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
         if not (self.use_features or self.use_embedding):
             raise UserInputError("a predictor needs the embedding, the graph features, or both")
+        if self.core_view not in CORE_VIEWS:
+            raise UserInputError(f"unknown core view {self.core_view!r}; valid: {', '.join(CORE_VIEWS)}")
         if not 0.0 <= self.core_weight <= 1.0:
             raise UserInputError(f"core_weight={self.core_weight} must be in [0, 1]")
         if self.ensemble < 1:
@@ -316,7 +320,7 @@ def train_predictor(
             opts.hidden,
             opts.dropout,
             opts.ensemble if core_weight < 1.0 else 0,
-            core_inputs=emb_width + len(CORE_FEATURES),
+            core_inputs=emb_width + len(CORE_FEATURES if opts.core_view == "compact" else UNIVERSAL_FEATURES),
             core_members=opts.ensemble if core_weight > 0.0 else 0,
             core_weight=core_weight,
         ),
