@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seeds", default="0,1,2", help="head seeds (and training subsample seeds)")
     parser.add_argument("--ensemble", type=int, default=3, help="MLPs per view")
+    parser.add_argument("--max-steps", type=int, default=600, help="optimizer steps per MLP")
     parser.add_argument("--max-train", type=int, default=4000, help="training networks per family at most")
     parser.add_argument(
         "--finetune-texts",
@@ -193,7 +194,10 @@ def main() -> None:
                     if len(idx) > args.max_train:
                         idx = np.sort(rng.choice(idx, args.max_train, replace=False))
                     train.append(idx)
-                options = replace(TrainOptions(seed=seed, ensemble=args.ensemble, use_embedding=needs_text), **variant)
+                options = replace(
+                    TrainOptions(seed=seed, ensemble=args.ensemble, max_steps=args.max_steps, use_embedding=needs_text),
+                    **variant,
+                )
                 predictor = fit(source, np.concatenate(train), options)
                 part = source.subset(np.flatnonzero(spaces == family))
                 scores = predictor.score_embeddings(part.embeddings, part.summaries)

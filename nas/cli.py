@@ -347,6 +347,16 @@ predictor_app = typer.Typer(help="The zero-shot predictor: train and evaluate on
 app.add_typer(predictor_app, name="predictor")
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError as exc:
+        raise UserInputError(f"--hidden {text!r} must be comma-separated positive integers") from exc
+    if any(w < 1 for w in widths):
+        raise UserInputError(f"--hidden {text!r} must be comma-separated positive integers")
+    return widths
+
+
 @predictor_app.command("train")
 def predictor_train(
     bench: Annotated[Path, typer.Option(help="Bench directory (nas bench build / harvest).")],
@@ -368,6 +378,16 @@ def predictor_train(
     core_weight: Annotated[
         float, typer.Option(help="Weight of the core view (embedding + compact features) against the full view.")
     ] = 0.5,
+    core_view: Annotated[
+        str,
+        typer.Option(
+            help="Graph features of the core view: compact (scale, activation, operator shares) or universal "
+            "(scale and activation statistics only, which read alike in every family)."
+        ),
+    ] = "compact",
+    hidden: Annotated[str, typer.Option(help="Hidden widths of each MLP, comma-separated (empty: linear).")] = "256,64",
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay of the head.")] = 1e-3,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps per MLP at most.")] = 2000,
     finetune_encoder: Annotated[
         bool,
         typer.Option(
@@ -394,6 +414,10 @@ def predictor_train(
         use_embedding=embedding,
         ensemble=ensemble,
         core_weight=core_weight,
+        core_view=core_view,
+        hidden=_widths(hidden),
+        weight_decay=weight_decay,
+        max_steps=max_steps,
     )
     if finetune_encoder and not embedding:
         raise UserInputError("--finetune-encoder needs the text embedding (drop --no-embedding)")

@@ -70,9 +70,12 @@ def load_bench_data(
         frame = frame[frame["space"] == space]
         if frame.empty:
             raise UserInputError(f"bench {bench} has no records of space {space!r}; it has {', '.join(spaces)}")
-    columns = [target_column(frame, t.strip()) for t in target.split(",") if t.strip()]
-    if not columns:
+    wanted = [t.strip() for t in target.split(",") if t.strip()]
+    if not wanted:
         raise UserInputError(f"no target column in {target!r}")
+    present = {t for t in wanted if t in frame.columns or f"metric_{t}" in frame.columns}
+    # a list may name columns some benches lack; each must exist in one of them (else the error names it)
+    columns = [target_column(frame, t) for t in wanted if t in present or not present]
     frame = frame.copy()
     frame[TARGET] = np.nan
     frame["_target_column"] = ""

@@ -101,6 +101,8 @@ def test_train_bad_inputs(bench: Path, tmp_path: Path):
     assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--samples", "999"), "--samples 999")
     assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--space", "nasnet"), "'nasnet'")
     assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--loss", "hinge"), "'hinge'")
+    assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--hidden", "16,x"), "'16,x'")
+    assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--core-view", "wide"), "'wide'")
     assert not out.exists()
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from predictors.encoder import EmbeddingCache, Encoder
-from predictors.features import FEATURE_NAMES, feature_vector
+from predictors.features import FEATURE_NAMES, UNIVERSAL_FEATURES, feature_vector
 from predictors.metrics import all_metrics, kendall_tau, mae, precision_at_k, spearman_rho
 from predictors.predictor import Predictor, TrainOptions, ranking_loss, train_predictor
 from search_spaces.base import UserInputError
@@ -78,6 +78,35 @@ def test_trained_head_ranks_unseen_samples_and_is_seeded(tmp_path: Path):
     assert only_graph.head.inputs == len(FEATURE_NAMES)
     mse = train_predictor(emb[:300], summaries[:300], y[:300], TrainOptions(epochs=60, loss="mse"))
     assert mae(mse.score_embeddings(emb[300:], summaries[300:]), y[300:]) < 0.5 * np.abs(y - y.mean()).mean()
+
+
+def test_universal_view_reads_only_scale_and_activation_features(tmp_path: Path):
+    emb, summaries, y = _synthetic(300, 1)
+    opts = TrainOptions(epochs=30, use_embedding=False, core_weight=1.0, core_view="universal", hidden=(16,))
+    pred = train_predictor(emb, summaries, y, opts)
+    assert pred.head.core_inputs == len(UNIVERSAL_FEATURES) and len(pred.head.members) == 0
+    other_ops = [{**s, "op_histogram": {"MatMul": 9, "Gelu": 2}, "wl_counts": {"3": 40}} for s in summaries[:20]]
+    np.testing.assert_allclose(
+        pred.score_embeddings(emb[:20], other_ops), pred.score_embeddings(emb[:20], summaries[:20]), rtol=1e-6
+    )
+    linear = train_predictor(emb, summaries, y, TrainOptions(epochs=30, use_embedding=False, hidden=()))
+    assert isinstance(linear.head.core[0][0], torch.nn.Linear) and len(linear.head.core[0]) == 1
+    with pytest.raises(UserInputError, match="'wide'"):
+        TrainOptions(core_view="wide")
+
+
+def test_spread_and_novelty_survive_the_file(tmp_path: Path):
+    emb, summaries, y = _synthetic(300, 2)
+    pred = train_predictor(emb, summaries, y, TrainOptions(epochs=20, ensemble=3))
+    loaded = Predictor.load(pred.save(tmp_path / "p.safetensors"))
+    spread = loaded.spread(emb[:5], summaries[:5])
+    assert spread.shape == (5,) and (spread > 0).all()  # six MLPs never agree exactly
+    np.testing.assert_allclose(spread, pred.spread(emb[:5], summaries[:5]), rtol=1e-5)
+    inside = loaded.novelty(summaries[:5])
+    assert all(distance == 0.0 and name == "" for name, distance in inside)
+    huge = [{**summaries[0], "params": 1e12, "flops": 1e14}]
+    ((name, distance),) = loaded.novelty(huge)
+    assert name in ("log_params", "log_flops") and distance > 3.0
 
 
 def test_predictor_file_round_trip_and_refusals(tmp_path: Path):
