@@ -33,23 +33,25 @@ FAMILY_NAMES = {"nb201": "NAS-Bench-201", "nbmacro": "NAS-Bench-Macro", "nasnet"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # name -> (description, options, needs the text embedding)
+SMALL = {"hidden": (16,), "weight_decay": 0.1}  # a small, strongly regularised MLP: less room for family quirks
+UNIVERSAL = {"core_weight": 1.0, "core_view": "universal", **SMALL}
 RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
     "graph": ("graph features, both views (scale, activation, operator shares; + WL counts)", {}, False),
     "graph-core": ("graph features, core view only (no WL counts)", {"core_weight": 1.0}, False),
     "graph-universal": (
-        "graph features read alike in every family (scale, activation statistics), one view",
-        {"core_weight": 1.0, "core_view": "universal"},
+        "scale and activation features only (they read alike in every family), small MLPs",
+        UNIVERSAL,
         False,
     ),
     "text+graph": ("frozen MiniLM text embedding + graph features, both views", {}, True),
-    "text+graph-core": ("frozen MiniLM text embedding + graph features, core view only", {"core_weight": 1.0}, True),
     "text+graph-universal": (
-        "frozen MiniLM text embedding + scale and activation features, one view",
-        {"core_weight": 1.0, "core_view": "universal"},
+        "frozen MiniLM text embedding + scale and activation features, small MLPs",
+        UNIVERSAL,
         True,
     ),
     "text": ("frozen MiniLM text embedding only", {"use_features": False}, True),
 }
+FINETUNED = ("graph", "graph-universal")  # recipes repeated with a fine-tuned encoder (with the text embedding)
 
 
 def distinct(data: BenchData) -> BenchData:
@@ -91,31 +93,47 @@ def naswot_sample(data: BenchData, family: str, n: int, data_dir: str | None, ca
     return {k: v for k, v in values.items() if k.startswith(f"{family}|")}
 
 
-def finetuned_data(args: argparse.Namespace, data: BenchData, held_out: str, results: dict[str, Any]) -> BenchData:
-    """The distinct records embedded by an encoder fine-tuned (ranking loss within a family) on
+def subsample(data: BenchData, per_family: int) -> np.ndarray:
+    """Indices of at most ``per_family`` seeded-random distinct networks of each family (the fine-tuned rows'
+    networks: every encoder embeds these only)."""
+    spaces = data.frame["space"].to_numpy()
+    rng = np.random.default_rng(1)
+    keep = []
+    for family in sorted(set(spaces)):
+        idx = np.flatnonzero(spaces == family)
+        keep.append(np.sort(rng.choice(idx, min(per_family, len(idx)), replace=False)))
+    return np.concatenate(keep)
+
+
+def finetuned_data(
+    args: argparse.Namespace, data: BenchData, sample: np.ndarray, held_out: str, results: dict[str, Any]
+) -> BenchData:
+    """The ``sample`` records embedded by an encoder fine-tuned (ranking loss within a family) on
     ``args.finetune_texts`` texts of every family but ``held_out``: the held-out family's texts are never seen."""
     from predictors.finetune import FinetuneOptions, finetune_encoder
 
     spaces = data.frame["space"].to_numpy()
+    texts = data.frame["text_compact"].astype(str).to_numpy()
     rng = np.random.default_rng(0)
     pick = []
     for other in sorted(set(spaces) - {held_out}):
         idx = np.flatnonzero(spaces == other)
         pick.append(np.sort(rng.choice(idx, min(args.finetune_texts, len(idx)), replace=False)))
     train = np.concatenate(pick)
-    texts = data.frame["text_compact"].astype(str).to_numpy()[train].tolist()
     out = Path(args.finetune_dir) / f"without-{held_out}"
     log = out.with_name(out.name + ".json")  # an encoder made by an earlier run is reused, with its timing
     if not log.is_file():
         start = time.perf_counter()
-        finetune_encoder(Encoder(), texts, data.y[train], out, FinetuneOptions(seed=0), groups=data.groups[train])
+        options = FinetuneOptions(seed=0)
+        finetune_encoder(Encoder(), texts[train].tolist(), data.y[train], out, options, groups=data.groups[train])
         log.write_text(json.dumps({"texts": len(train), "finetune_s": time.perf_counter() - start}))
     start = time.perf_counter()
-    tuned = distinct(load_bench_data(args.benches, TARGETS, encoder=Encoder(str(out)), show_progress=True))
+    part = data.subset(sample)
+    embeddings = Encoder(str(out)).encode(texts[sample].tolist(), show_progress=True)
     embed_s = time.perf_counter() - start
     results.setdefault("finetune", {})[held_out] = {**json.loads(log.read_text()), "embed_s": embed_s}
     print("fine-tuned without", held_out, results["finetune"][held_out])
-    return tuned
+    return BenchData(part.frame, part.target, embeddings, part.summaries)
 
 
 def main() -> None:
@@ -133,17 +151,19 @@ def main() -> None:
         help="fine-tune the encoder per held-out family on this many texts of each other family (0: no fine-tuning)",
     )
     parser.add_argument("--finetune-dir", default="runs/finetuned-encoders")
+    parser.add_argument("--finetune-sample", type=int, default=1000, help="networks per family of the fine-tuned rows")
     parser.add_argument("--naswot-sample", type=int, default=300, help="networks per family scored by naswot")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--key", default="predictor-families")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     recipes = {name: RECIPES[name] for name in args.recipes.split(",") if name}
-    if args.finetune_texts:
-        for name in ("graph", "graph-universal"):
+    if args.finetune_texts:  # on a subsample: the frozen encoder beside the fine-tuned one, same networks
+        for name in FINETUNED:
             label, variant, _ = RECIPES[name]
-            recipes[f"finetuned+{name}"] = (f"fine-tuned encoder embedding + {label}", variant, True)
-    wants_text = any(needs for name, (_, _, needs) in recipes.items() if not name.startswith("finetuned"))
+            recipes[f"sample:frozen+{name}"] = (f"frozen MiniLM embedding + {label}", variant, True)
+            recipes[f"sample:finetuned+{name}"] = (f"fine-tuned encoder embedding + {label}", variant, True)
+    wants_text = any(needs for _, _, needs in recipes.values())
     t0 = time.perf_counter()
     data = distinct(load_bench_data(args.benches, TARGETS, embed=wants_text, show_progress=True))
     load_s = time.perf_counter() - t0
@@ -176,12 +196,17 @@ def main() -> None:
         results["baselines"][family] = {"tau": base, "rho": base_rho}
         print(family, {k: round(v, 3) for k, v in base.items()})
     tuned: dict[str, BenchData] = {}
+    sample = subsample(data, args.finetune_sample)
     if args.finetune_texts:
-        tuned = {f: finetuned_data(args, data, f, results) for f in families}
+        tuned = {f: finetuned_data(args, data, sample, f, results) for f in families}
+        results["finetune_sample"] = {f: int((data.frame["space"].to_numpy()[sample] == f).sum()) for f in families}
     for name, (label, variant, needs_text) in recipes.items():
         per_family: dict[str, Any] = {}
         for family in families:
-            source = tuned[family] if name.startswith("finetuned") else data
+            if name.startswith("sample:"):
+                source = tuned[family] if "finetuned" in name else data.subset(sample)
+            else:
+                source = data
             spaces = source.frame["space"].to_numpy()
             taus, rhos = [], []
             for seed in seeds:
@@ -235,8 +260,12 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
         lines.append(f"| {name} (no training) | " + " | ".join(cells) + " |")
     tuned = results.get("finetune", {})
     finetune = (
-        "Fine-tuned rows: for each held-out family its own encoder, all-MiniLM-L6-v2 fine-tuned 1 epoch (batch 16, "
-        "lr 2e-5, margin ranking loss within a family, CPU) on the `compact` texts of the other families only ("
+        "`sample:` rows (fine-tuned encoder, and the frozen one beside it on the same networks): a seeded sample of "
+        f"at most {args.finetune_sample} distinct networks per family "
+        f"({', '.join(f'{k}: {v}' for k, v in results.get('finetune_sample', {}).items())}), trained and scored as "
+        "above within the sample; for each held-out family its own encoder, all-MiniLM-L6-v2 fine-tuned 1 epoch "
+        "(batch 16, lr 2e-5, margin ranking loss within a family, CPU) on the `compact` texts of the other "
+        "families only ("
         + "; ".join(f"without {f}: {v['texts']} texts, {v['finetune_s'] / 60:.1f} min" for f, v in tuned.items())
         + ").\n\n"
         if tuned

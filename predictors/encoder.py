@@ -29,6 +29,7 @@ import numpy as np
 from search_spaces.base import UserInputError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+CHUNK = 2048  # texts embedded and stored per step
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx")
 
 
@@ -206,12 +207,13 @@ class Encoder:
         for k, t in zip(keys, texts, strict=True):
             if k not in found:
                 todo.setdefault(k, t)
-        if todo:
-            new = self._encode_uncached(list(todo.values()), show_progress)
-            fresh = dict(zip(todo, new, strict=True))
+        pending = list(todo.items())
+        for start in range(0, len(pending), CHUNK):  # stored chunk by chunk: an interrupted run keeps its work
+            chunk = dict(pending[start : start + CHUNK])
+            fresh = dict(zip(chunk, self._encode_uncached(list(chunk.values()), show_progress), strict=True))
             self.cache.put_many(fresh)
             found.update(fresh)
-            self.stats["encoded"] += len(todo)
+            self.stats["encoded"] += len(chunk)
         if not keys:
             return np.zeros((0, self.dim if self._model is not None else 0), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32)
