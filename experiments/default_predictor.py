@@ -48,6 +48,8 @@ def main() -> None:
         flag = "--" + key.replace("_", "-")
         if key == "use_features":
             cmd += [] if value else ["--no-features"]
+        elif isinstance(value, bool):
+            cmd += [flag] if value else []
         else:
             cmd += [flag, ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

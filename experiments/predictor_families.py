@@ -43,6 +43,12 @@ RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
         UNIVERSAL,
         False,
     ),
+    "graph-monotone": (
+        "scale and activation features, small MLPs with positive weights (the score never falls as a network "
+        "grows in size, depth or V-PCA)",
+        {**UNIVERSAL, "monotone": True},
+        False,
+    ),
     "text+graph": ("frozen MiniLM text embedding + graph features, both views", {}, True),
     "text+graph-universal": (
         "frozen MiniLM text embedding + scale and activation features, small MLPs",
@@ -155,6 +161,9 @@ def main() -> None:
     parser.add_argument("--naswot-sample", type=int, default=300, help="networks per family scored by naswot")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--key", default="predictor-families")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other recipes' rows of the last result (same data and settings)"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     recipes = {name: RECIPES[name] for name in args.recipes.split(",") if name}
@@ -232,6 +241,18 @@ def main() -> None:
             print(name, family, f"tau {np.mean(taus):.3f} +- {np.std(taus):.3f}")
         results["recipes"][name] = {"label": label, "families": per_family}
     RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{args.key}.json"
+    if args.merge and path.is_file():
+        before = json.loads(path.read_text())
+        if before["families"] != results["families"]:
+            raise SystemExit(f"--merge: {path} was measured on other data ({before['families']})")
+        results["recipes"] = {**before["recipes"], **results["recipes"]}
+        for key in ("finetune", "finetune_sample"):
+            if key in before and key not in results:
+                results[key] = before[key]
+        args.finetune_texts = args.finetune_texts or before["args"]["finetune_texts"]
+        args.finetune_sample = before["args"]["finetune_sample"]
+        args.recipes = ",".join(results["recipes"])
     (RESULTS / f"{args.key}.json").write_text(json.dumps({"args": vars(args), **results}, indent=1))
     record(args.key, "Zero-shot across families: leave-one-family-out", _body(args, results, seeds))
 

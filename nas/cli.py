@@ -388,6 +388,9 @@ def predictor_train(
     hidden: Annotated[str, typer.Option(help="Hidden widths of each MLP, comma-separated (empty: linear).")] = "256,64",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay of the head.")] = 1e-3,
     max_steps: Annotated[int, typer.Option(help="Optimizer steps per MLP at most.")] = 2000,
+    monotone: Annotated[
+        bool, typer.Option("--monotone", help="Positive weights: the score never falls when a feature rises.")
+    ] = False,
     finetune_encoder: Annotated[
         bool,
         typer.Option(
@@ -418,6 +421,7 @@ def predictor_train(
         hidden=_widths(hidden),
         weight_decay=weight_decay,
         max_steps=max_steps,
+        monotone=monotone,
     )
     if finetune_encoder and not embedding:
         raise UserInputError("--finetune-encoder needs the text embedding (drop --no-embedding)")

@@ -50,6 +50,7 @@ class TrainOptions:
     ensemble: int = 1  # MLPs per view
     core_weight: float = 0.5  # weight of the core view (0: full view only, 1: core view only)
     core_view: str = "compact"  # `CORE_VIEWS`: which graph features the core view reads beside the embedding
+    monotone: bool = False  # positive weights: the score never falls when a (standardised) input rises
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,13 +69,33 @@ class TrainOptions:
         self.hidden = tuple(int(h) for h in self.hidden)
 
 
-def _mlp(inputs: int, hidden: Sequence[int], dropout: float) -> nn.Sequential:
+class PositiveLinear(nn.Module):
+    """A linear layer whose weights are softplus(raw) > 0: stacked with ReLUs, a score that can only rise with
+    each input (a monotone head)."""
+
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.raw = nn.Parameter(torch.empty(outputs, inputs))
+        self.bias = nn.Parameter(torch.empty(outputs))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # softplus(raw) starts near 1 / fan-in, so that a stack keeps its scale
+        nn.init.normal_(self.raw, mean=float(np.log(np.expm1(1.0 / self.raw.shape[1]))), std=0.1)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, nn.functional.softplus(self.raw), self.bias)
+
+
+def _mlp(inputs: int, hidden: Sequence[int], dropout: float, monotone: bool = False) -> nn.Sequential:
+    linear = PositiveLinear if monotone else nn.Linear
     layers: list[nn.Module] = []
     width = inputs
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
         width = h
-    layers.append(nn.Linear(width, 1))
+    layers.append(linear(width, 1))
     return nn.Sequential(*layers)
 
 
@@ -93,12 +114,13 @@ class Head(nn.Module):
         core_inputs: int = 0,
         core_members: int = 0,
         core_weight: float = 0.0,
+        monotone: bool = False,
     ) -> None:
         super().__init__()
         self.inputs, self.hidden, self.dropout = inputs, [int(h) for h in hidden], dropout
-        self.core_inputs, self.core_weight = core_inputs, float(core_weight)
-        self.members = nn.ModuleList(_mlp(inputs, hidden, dropout) for _ in range(members))
-        self.core = nn.ModuleList(_mlp(core_inputs, hidden, dropout) for _ in range(core_members))
+        self.core_inputs, self.core_weight, self.monotone = core_inputs, float(core_weight), monotone
+        self.members = nn.ModuleList(_mlp(inputs, hidden, dropout, monotone) for _ in range(members))
+        self.core = nn.ModuleList(_mlp(core_inputs, hidden, dropout, monotone) for _ in range(core_members))
 
     def member_scores(self, x: torch.Tensor) -> torch.Tensor:
         """(members, n): every MLP's own score, each on the standardised target scale."""
@@ -216,6 +238,7 @@ class Predictor:
                 "core_inputs": self.head.core_inputs,
                 "core_members": len(self.head.core),
                 "core_weight": self.head.core_weight,
+                "monotone": self.head.monotone,
             },
             **self.meta,
         }
@@ -257,6 +280,7 @@ class Predictor:
             core_inputs=int(spec.get("core_inputs", 0)),
             core_members=int(spec.get("core_members", 0)),
             core_weight=float(spec.get("core_weight", 0.0)),
+            monotone=bool(spec.get("monotone", False)),
         )
         try:
             head.load_state_dict(tensors)
@@ -323,6 +347,7 @@ def train_predictor(
             core_inputs=emb_width + len(CORE_FEATURES if opts.core_view == "compact" else UNIVERSAL_FEATURES),
             core_members=opts.ensemble if core_weight > 0.0 else 0,
             core_weight=core_weight,
+            monotone=opts.monotone,
         ),
         encoder_name=encoder_name,
         text_format=text_format,
@@ -355,7 +380,7 @@ def _fit_member(
 ) -> None:
     torch.manual_seed(seed)
     for module in net.modules():  # each member starts from its own seeded initialisation
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear | PositiveLinear):
             module.reset_parameters()
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = max(1, -(-len(yt) // opts.batch_size))

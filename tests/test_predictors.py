@@ -95,6 +95,19 @@ def test_universal_view_reads_only_scale_and_activation_features(tmp_path: Path)
         TrainOptions(core_view="wide")
 
 
+def test_monotone_head_never_scores_a_larger_network_lower(tmp_path: Path):
+    emb, summaries, _ = _synthetic(300, 3)
+    y = -np.log([s["params"] for s in summaries])  # a family where smaller is better: the head cannot learn it
+    opts = TrainOptions(epochs=30, use_embedding=False, core_weight=1.0, core_view="universal", monotone=True)
+    pred = Predictor.load(train_predictor(emb, summaries, y, opts).save(tmp_path / "m.safetensors"))
+    assert pred.head.monotone
+    grown = [{**s, "params": s["params"] * 10, "flops": s["flops"] * 10} for s in summaries[:50]]
+    before, after = pred.score_embeddings(emb[:50], summaries[:50]), pred.score_embeddings(emb[:50], grown)
+    assert (after >= before - 1e-9).all()
+    free = train_predictor(emb, summaries, y, TrainOptions(epochs=30, use_embedding=False, core_weight=1.0))
+    assert (free.score_embeddings(emb[:50], grown) < free.score_embeddings(emb[:50], summaries[:50])).mean() > 0.9
+
+
 def test_spread_and_novelty_survive_the_file(tmp_path: Path):
     emb, summaries, y = _synthetic(300, 2)
     pred = train_predictor(emb, summaries, y, TrainOptions(epochs=20, ensemble=3))
