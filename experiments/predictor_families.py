@@ -30,6 +30,7 @@ from predictors.training import BenchData, fit, identities, load_bench_data
 
 TARGETS = "cifar10_valid_acc,mean_acc,accuracy"  # NB201: 200-epoch validation; Macro: mean of 3 runs; trained runs
 FAMILY_NAMES = {"nb201": "NAS-Bench-201", "nbmacro": "NAS-Bench-Macro", "nasnet": "NASNet (trained, 1 epoch)"}
+TITLE = "Zero-shot across families: leave-one-family-out"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # name -> (description, options, needs the text embedding)
@@ -144,7 +145,7 @@ def finetuned_data(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--benches", nargs="+", required=True)
+    parser.add_argument("--benches", nargs="+", default=[])
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seeds", default="0,1,2", help="head seeds (and training subsample seeds)")
     parser.add_argument("--ensemble", type=int, default=3, help="MLPs per view")
@@ -161,10 +162,18 @@ def main() -> None:
     parser.add_argument("--naswot-sample", type=int, default=300, help="networks per family scored by naswot")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--key", default="predictor-families")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the section from the last result")
     parser.add_argument(
         "--merge", action="store_true", help="keep the other recipes' rows of the last result (same data and settings)"
     )
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((RESULTS / f"{args.key}.json").read_text())
+        args = argparse.Namespace(**saved.pop("args"))
+        record(args.key, TITLE, _body(args, saved, [int(s) for s in args.seeds.split(",")]))
+        return
+    if not args.benches:
+        parser.error("--benches is required (unless --report-only)")
     seeds = [int(s) for s in args.seeds.split(",")]
     recipes = {name: RECIPES[name] for name in args.recipes.split(",") if name}
     if args.finetune_texts:  # on a subsample: the frozen encoder beside the fine-tuned one, same networks
@@ -242,8 +251,10 @@ def main() -> None:
         results["recipes"][name] = {"label": label, "families": per_family}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{args.key}.json"
+    results["commands"] = [_command(vars(args))]
     if args.merge and path.is_file():
         before = json.loads(path.read_text())
+        results["commands"] = before.get("commands", [_command(before["args"])]) + results["commands"]
         if before["families"] != results["families"]:
             raise SystemExit(f"--merge: {path} was measured on other data ({before['families']})")
         results["recipes"] = {**before["recipes"], **results["recipes"]}
@@ -254,7 +265,21 @@ def main() -> None:
         args.finetune_sample = before["args"]["finetune_sample"]
         args.recipes = ",".join(results["recipes"])
     (RESULTS / f"{args.key}.json").write_text(json.dumps({"args": vars(args), **results}, indent=1))
-    record(args.key, "Zero-shot across families: leave-one-family-out", _body(args, results, seeds))
+    record(args.key, TITLE, _body(args, results, seeds))
+
+
+def _command(options: dict[str, Any]) -> str:
+    """The command line that measured a result, from its options."""
+    parts = ["python -m experiments.predictor_families"]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        elif isinstance(value, list):
+            parts += [flag, *map(str, value)]
+        elif value not in (None, ""):
+            parts += [flag, str(value)]
+    return " ".join(parts)
 
 
 def _ms(values: list[float]) -> str:
@@ -267,9 +292,10 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
         f"{FAMILY_NAMES.get(f, f)} ({results['families'][f]}) tau / rho" for f in families
     )
     lines = [head + " |", "|---|" + "---|" * len(families)]
-    for rec in results["recipes"].values():
+    for name, rec in results["recipes"].items():
         cells = [f"**{_ms(rec['families'][f]['tau'])}** / {_ms(rec['families'][f]['rho'])}" for f in families]
-        lines.append(f"| predictor: {rec['label']} | " + " | ".join(cells) + " |")
+        where = "sample: " if name.startswith("sample:") else ""
+        lines.append(f"| {where}`{name.removeprefix('sample:')}`: {rec['label']} | " + " | ".join(cells) + " |")
     names = list(dict.fromkeys(k.split(" (")[0] for f in families for k in results["baselines"][f]["tau"]))
     for name in names:
         cells = []
@@ -277,7 +303,8 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
             tau = results["baselines"][f]["tau"]
             rho = results["baselines"][f]["rho"]
             key = next((k for k in tau if k.split(" (")[0] == name), None)
-            cells.append(f"{tau[key]:.3f} / {rho[key]:.3f} ({key.partition('(')[2].rstrip(')')})" if key else "-")
+            note = key.partition("(")[2].rstrip(")") if key else ""
+            cells.append(f"{tau[key]:.3f} / {rho[key]:.3f}" + (f" ({note})" if note else "") if key else "-")
         lines.append(f"| {name} (no training) | " + " | ".join(cells) + " |")
     tuned = results.get("finetune", {})
     finetune = (
@@ -292,8 +319,30 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
         if tuned
         else ""
     )
+    commands = "".join(f"\n- `{c}`" for c in results.get("commands", []))
+    full = {k: v for k, v in results["recipes"].items() if not k.startswith("sample:")}
+    best = max(full, key=lambda k: np.mean([np.mean(full[k]["families"][f]["tau"]) for f in families]))
+    verdicts = []
+    for f in families:
+        tau = float(np.mean(full[best]["families"][f]["tau"]))
+        base = results["baselines"][f]["tau"]
+        vpca = next(v for k, v in base.items() if k.startswith("V-PCA"))
+        verdicts.append(
+            f"{FAMILY_NAMES.get(f, f)} {tau:.3f}: "
+            + ("above" if tau > base["FLOPs"] else "**below**")
+            + f" FLOPs ({base['FLOPs']:.3f}), "
+            + ("above" if tau > vpca else "**not above**")
+            + f" V-PCA alone ({vpca:.3f})"
+        )
+    reading = (
+        f"Reading: the best recipe by mean held-out tau over the families is `{best}`; per family "
+        + "; ".join(verdicts)
+        + ". Operator shares and WL counts do not transfer (the both-views rows fall below #params); the text "
+        "embedding adds to the scale and activation features on NAS-Bench-Macro, not on NB201.\n\n"
+    )
     return (
-        "Each column is one family held out: the predictor is trained on all the other families (at most "
+        (f"Rows measured by:{commands}\n\n" if len(results.get("commands", [])) > 1 else "")
+        + "Each column is one family held out: the predictor is trained on all the other families (at most "
         f"{args.max_train} distinct networks each, ranking loss within a family, two views of {args.ensemble} MLPs) "
         "and scores every distinct network of the held-out family (one record per architecture identity: "
         "isomorphic NB201 cells and equal Macro strings count once). Targets: NB201 CIFAR-10 validation accuracy "
@@ -303,6 +352,7 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
         + "\n".join(lines)
         + "\n\n"
         + finetune
+        + reading
         + "Targets: held-out NB-Macro tau >= 0.65, held-out NB201 tau >= 0.60, no family below its FLOPs row. "
         "Published anchors (Macro, all 3,969 networks, vs mean accuracy): #params 0.215, FLOPs 0.546, minus the "
         "number of identity layers 0.679, run-to-run noise ceiling 0.880."
