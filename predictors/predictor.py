@@ -199,8 +199,9 @@ class Predictor:
         lows, highs = self.meta.get("feature_low"), self.meta.get("feature_high")
         if not (self.use_features and lows and highs) or not summaries:
             return [("", 0.0)] * len(summaries)
-        z = feature_matrix(list(summaries))[:, : len(CORE_FEATURES)] - np.asarray(self.feature_mean)[: len(lows)]
-        z = z / np.asarray(self.feature_std)[: len(lows)]
+        n = len(lows)  # the head's graph features: a prefix of CORE_FEATURES
+        z = feature_matrix(list(summaries))[:, :n] - np.asarray(self.feature_mean)[:n]
+        z = z / np.asarray(self.feature_std)[:n]
         below, above = np.asarray(lows) - z, z - np.asarray(highs)
         gap = np.maximum(np.maximum(below, above), 0.0)
         worst = gap.argmax(axis=1)
@@ -359,10 +360,12 @@ def train_predictor(
         target_std=t_std,
         meta={"train_options": asdict(opts), **(meta or {})},
     )
-    if opts.use_features:  # the training range of the compact features, in standard units: `Predictor.novelty`
-        core = (feats[:, : len(CORE_FEATURES)] - mean[: len(CORE_FEATURES)]) / std[: len(CORE_FEATURES)]
-        predictor.meta["feature_low"] = np.round(core.min(axis=0), 4).tolist()
-        predictor.meta["feature_high"] = np.round(core.max(axis=0), 4).tolist()
+    if opts.use_features:  # the training range of the compact features it reads, in standard units: `novelty`
+        universal_only = opts.core_view == "universal" and core_weight >= 1.0
+        n = len(UNIVERSAL_FEATURES if universal_only else CORE_FEATURES)
+        core = (feats[:, :n] - mean[:n]) / std[:n]
+        predictor.meta["feature_low"] = (np.floor(core.min(axis=0) * 1e4) / 1e4).tolist()
+        predictor.meta["feature_high"] = (np.ceil(core.max(axis=0) * 1e4) / 1e4).tolist()
     x = predictor.inputs(embeddings, summaries)
     yt = torch.from_numpy(z.astype(np.float32))
     gt = torch.from_numpy(g.copy())

@@ -85,6 +85,8 @@ def test_universal_view_reads_only_scale_and_activation_features(tmp_path: Path)
     opts = TrainOptions(epochs=30, use_embedding=False, core_weight=1.0, core_view="universal", hidden=(16,))
     pred = train_predictor(emb, summaries, y, opts)
     assert pred.head.core_inputs == len(UNIVERSAL_FEATURES) and len(pred.head.members) == 0
+    assert len(pred.meta["feature_low"]) == len(UNIVERSAL_FEATURES)  # novelty judges only what the head reads
+    assert pred.novelty([{**summaries[0], "op_histogram": {"Einsum": 3}}]) == [("", 0.0)]
     other_ops = [{**s, "op_histogram": {"MatMul": 9, "Gelu": 2}, "wl_counts": {"3": 40}} for s in summaries[:20]]
     np.testing.assert_allclose(
         pred.score_embeddings(emb[:20], other_ops), pred.score_embeddings(emb[:20], summaries[:20]), rtol=1e-6
