@@ -130,12 +130,13 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # `train_predictor` leaves a view empty exactly when its weight is 0
+        scores = self.member_scores(x)
+        full, core = scores[: len(self.members)], scores[len(self.members) :]
         score = torch.zeros(x.shape[0], dtype=x.dtype)
-        if len(self.members):
-            score = score + (1.0 - self.core_weight) * torch.stack([m(x).squeeze(-1) for m in self.members]).mean(0)
-        if len(self.core):
-            xc = x[:, : self.core_inputs]
-            score = score + self.core_weight * torch.stack([m(xc).squeeze(-1) for m in self.core]).mean(dim=0)
+        if len(full):
+            score = score + (1.0 - self.core_weight) * full.mean(0)
+        if len(core):
+            score = score + self.core_weight * core.mean(0)
         return score
 
 
@@ -207,15 +208,20 @@ class Predictor:
         worst = gap.argmax(axis=1)
         return [(CORE_FEATURES[k] if gap[i, k] > 0 else "", float(gap[i, k])) for i, k in enumerate(worst)]
 
-    def score(
-        self, texts: Sequence[str], summaries: Sequence[Mapping[str, Any]], encoder: Encoder | None = None
-    ) -> np.ndarray:
-        if not self.use_embedding:  # a graph-features-only head never loads the encoder
-            return self.score_embeddings(np.zeros((len(texts), 0), dtype=np.float32), summaries)
+    def embed(self, texts: Sequence[str], encoder: Encoder | None = None) -> np.ndarray:
+        """The embeddings this predictor reads (empty for a graph-features-only head, which never loads the
+        encoder); the encoder must be the one it was trained with."""
+        if not self.use_embedding:
+            return np.zeros((len(texts), 0), dtype=np.float32)
         encoder = encoder or Encoder(self.encoder_name)
         if encoder.name != self.encoder_name:
             raise UserInputError(f"predictor was trained with encoder {self.encoder_name!r}, not {encoder.name!r}")
-        return self.score_embeddings(encoder.encode(list(texts)), summaries)
+        return encoder.encode(list(texts))
+
+    def score(
+        self, texts: Sequence[str], summaries: Sequence[Mapping[str, Any]], encoder: Encoder | None = None
+    ) -> np.ndarray:
+        return self.score_embeddings(self.embed(texts, encoder), summaries)
 
     # -- file format -------------------------------------------------------------------------------------------
 

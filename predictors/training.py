@@ -73,9 +73,9 @@ def load_bench_data(
     wanted = [t.strip() for t in target.split(",") if t.strip()]
     if not wanted:
         raise UserInputError(f"no target column in {target!r}")
-    present = {t for t in wanted if t in frame.columns or f"metric_{t}" in frame.columns}
-    # a list may name columns some benches lack; each must exist in one of them (else the error names it)
-    columns = [target_column(frame, t) for t in wanted if t in present or not present]
+    # a list may name columns that some benches lack; with none present, the error names the first
+    present = [t for t in wanted if t in frame.columns or f"metric_{t}" in frame.columns] or wanted[:1]
+    columns = [target_column(frame, t) for t in present]
     frame = frame.copy()
     frame[TARGET] = np.nan
     frame["_target_column"] = ""

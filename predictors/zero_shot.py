@@ -110,8 +110,17 @@ def describe_files(
     return texts, summaries
 
 
+def _file_inputs(
+    paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """(embeddings, summaries) of ONNX files as ``predictor`` reads them."""
+    encoder = encoder or Encoder(predictor.encoder_name)
+    texts, summaries = describe_files(paths, predictor.text_format, encoder, embed=predictor.use_embedding)
+    return predictor.embed(texts, encoder), summaries
+
+
 def score_files(paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None) -> np.ndarray:
-    return predict_files(paths, predictor, encoder)[0]
+    return predictor.score_embeddings(*_file_inputs(paths, predictor, encoder))
 
 
 NOVELTY_WARN = 3.0  # a feature this many training standard deviations outside the training range
@@ -121,10 +130,7 @@ def predict_files(
     paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
     """(scores, ensemble spreads, novelty) of ONNX files: see `Predictor.spread` and `Predictor.novelty`."""
-    encoder = encoder or Encoder(predictor.encoder_name)
-    texts, summaries = describe_files(paths, predictor.text_format, encoder, embed=predictor.use_embedding)
-    # a graph-features-only head never loads the encoder
-    embeddings = encoder.encode(list(texts)) if predictor.use_embedding else np.zeros((len(texts), 0), np.float32)
+    embeddings, summaries = _file_inputs(paths, predictor, encoder)
     scores = predictor.score_embeddings(embeddings, summaries)
     return scores, predictor.spread(embeddings, summaries), predictor.novelty(summaries)
 
