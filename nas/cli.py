@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
 
 app = typer.Typer(
     add_completion=False,
@@ -272,8 +272,8 @@ def bench_build(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
 ) -> None:
     """Build the records of a benchmark table's networks (incremental: records already present are skipped)."""
-    from nas.data import resolve_data_dir
-    from nas.evaluators import load_nb201_identities, load_nb201_table, load_nbmacro_table, nbmacro_table_path
+    from nas.tables import load_nb201_identities, load_nb201_table, load_nbmacro_table, nbmacro_table_path
+    from nas_ground.data import resolve_data_dir
     from onnx_bench.bench import nb201_jobs, nbmacro_jobs
 
     if space not in ("nb201", "nbmacro"):
@@ -295,7 +295,7 @@ def bench_harvest(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
     """Add every trained candidate of earlier search runs (with their trained weights)."""
-    from onnx_bench.bench import harvest_jobs
+    from nas.harvest import harvest_jobs
 
     jobs = [job for run in run_dirs for job in harvest_jobs(run)]
     _run_bench(jobs, out_dir, workers, "harvest")
@@ -593,7 +593,7 @@ def proxy(
             return
         if space is None or not (arch or arch_file):
             raise UserInputError("give ONNX files, or --space with --arch or --arch-file")
-        from nas.proxy_evaluators import _ProxyScorer
+        from nas.evaluators.proxy import _ProxyScorer
         from search_spaces import get_space
 
         search_space = get_space(space)
@@ -658,8 +658,8 @@ def supernet_train(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
 ) -> None:
     """Train a supernet, one checkpoint per epoch; run it again to resume after an interruption."""
-    from nas.data import load_cifar10
     from nas.supernet import SupernetConfig, SupernetTrainer
+    from nas_ground.data import load_cifar10
 
     options = {k: v for k, v in {"channels": channels, "layers": layers}.items() if v is not None}
     cfg = SupernetConfig(

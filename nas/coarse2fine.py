@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
 from search_spaces.bignas import BigNASArch, BigNASSpace, Block, Stage
 
 

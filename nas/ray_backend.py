@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nas.evaluators import Evaluator, Screened, TableEvaluator, TrialFailed, make_evaluator, register
+from nas.evaluators import Evaluator, Screened, TrialFailed, make_evaluator
+from nas_ground.errors import UserInputError
 from search_spaces import SearchSpace, get_space
-from search_spaces.base import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -308,23 +308,3 @@ class RayBackend:
             "nodes": nodes,
             "written": datetime.now().isoformat(timespec="seconds"),
         }
-
-
-@register("table-slow")
-class SlowTableEvaluator(TableEvaluator):
-    """A testing aid: the `table` evaluator that sleeps ``delay_s`` seconds per evaluation, so that tests can
-    kill a worker node or the driver while trials are in flight, and that ends its own process (as a crash
-    would) when it meets ``crash_arch``."""
-
-    def __init__(
-        self, space: SearchSpace[Any], *, delay_s: float = 0.5, crash_arch: str | None = None, **options: Any
-    ) -> None:
-        super().__init__(space, **options)
-        self.delay_s = float(delay_s)
-        self.crash_arch = crash_arch
-
-    def evaluate(self, arch: Any) -> dict[str, float]:
-        if self.space.encode(arch) == self.crash_arch:
-            os._exit(1)
-        time.sleep(self.delay_s)
-        return super().evaluate(arch)

@@ -32,8 +32,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.evaluators import Evaluator, make_evaluator
 from nas.ray_backend import RESUBMITS, Outcome, RayBackend, RayOptions, WorkerLost, evaluate_outcome
+from nas_ground.errors import UserInputError
 from search_spaces import SearchSpace, get_space
-from search_spaces.base import UserInputError, example_input
+from search_spaces.base import example_input
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def default_objectives(evaluator: str) -> list[str]:
     if evaluator == "predictor":
         return ["score:max", "params:min"]
     if evaluator == "ensemble" or evaluator.startswith("proxy:"):
-        from nas.proxy_evaluators import default_objectives as proxy_objectives
+        from nas.evaluators.proxy import default_objectives as proxy_objectives
 
         return proxy_objectives(evaluator)
     return ["accuracy:max", "params:min"]

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.text_data import SST2
 from nas.train import resolve_device, step_on
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
+from nas_ground.text_data import SST2
 
 SST2_TRAIN = 67_349  # phrases in the GLUE SST-2 training split
 # The CLI's budget options are named for images (--train-images, --val-images); for text they count sentences.

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.data import Cifar10, augment, normalize, split_train_val
-from search_spaces.base import UserInputError
+from nas_ground.data import Cifar10, augment, normalize, split_train_val
+from nas_ground.errors import UserInputError
 
 VAL_POOL = 10_000  # images held out of the 50k training set; validation subsets are drawn from these
 

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from search_spaces.base import UserInputError, arch_digest
+from nas_ground.errors import UserInputError
 
 KEY_COLUMNS = ("space", "arch", "source")
 SHARD_GLOB = "records-*.parquet"
@@ -46,11 +46,11 @@ def make_record(job: Job) -> dict[str, Any]:
     """Build, export, describe and summarise one architecture (runs in a worker process)."""
     import torch
 
+    from onnx_bench.activations import activation_summary
     from onnx_bench.export import export_architecture
     from onnx_bench.graph import summarize, wl_counts
     from onnx_bench.io import load_onnx
     from onnx_bench.text import describe, token_count
-    from predictors.act_features import activation_summary
     from search_spaces import get_space
 
     torch.set_num_threads(1)
@@ -181,9 +181,9 @@ def activation_record(row: dict[str, Any]) -> dict[str, float]:
     weights (the record's hash is checked where the record holds initial weights too)."""
     import torch
 
+    from onnx_bench.activations import activation_summary
     from onnx_bench.export import export_architecture
     from onnx_bench.io import load_onnx
-    from predictors.act_features import activation_summary
     from search_spaces import get_space
 
     torch.set_num_threads(1)
@@ -204,7 +204,7 @@ def activation_record(row: dict[str, Any]) -> dict[str, float]:
 def upgrade(directory: str | Path, *, workers: int = 2, on_progress: Callable[[int, int], None] | None = None) -> int:
     """Add the columns of newer versions (the ``act_*`` activation features) to every shard lacking them; each
     shard is rewritten atomically, so an interrupted upgrade resumes where it stopped. Returns records updated."""
-    from predictors.act_features import ACT_FEATURES
+    from onnx_bench.activations import ACT_FEATURES
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -284,50 +284,6 @@ def nbmacro_jobs(table: dict[str, dict[str, Any]], limit: int | None = None) -> 
         metrics["table_flops"] = float(row["flops"])
         jobs.append(Job("nbmacro", arch, "nbmacro-table", metrics))
     return jobs
-
-
-def harvest_jobs(run_dir: str | Path) -> list[Job]:
-    """Jobs for every completed trial of a `nas search` run that trained its candidates."""
-    import csv
-
-    import yaml
-
-    run = Path(run_dir)
-    config_path, trials_path = run / "config.yaml", run / "trials.csv"
-    if not config_path.is_file() or not trials_path.is_file():
-        raise UserInputError(f"{run} is not a search run directory (config.yaml and trials.csv expected)")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    if config.get("evaluator") not in ("train", "predictor+train"):  # only these train their candidates
-        return []
-    options = dict(config.get("evaluator_options") or {})
-    build_keys = ("channels", "layers", "cells_per_stage", "drop_path", "auxiliary", "num_classes")
-    build_options = {k: options[k] for k in build_keys if k in options}
-    budget = {k: float(options[k]) for k in ("epochs", "train_images", "val_images") if k in options}
-    jobs = []
-    with open(trials_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["state"] != "COMPLETE":
-                continue
-            metrics = {k: float(v) for k, v in row.items() if k not in ("number", "state", "arch", "fail_reason") and v}
-            metrics.update({f"budget_{k}": v for k, v in budget.items()})
-            weights = _weights_path(run, row["arch"])
-            jobs.append(
-                Job(
-                    config["space"],
-                    row["arch"],
-                    f"{run.resolve().name}#{row['number']}",
-                    metrics,
-                    build_options,
-                    dict(config.get("space_options") or {}),
-                    str(weights) if weights.exists() else None,
-                    int(options.get("seed", 0)),
-                )
-            )
-    return jobs
-
-
-def _weights_path(run: Path, arch: str) -> Path:
-    return run / "models" / f"{arch_digest(arch)}.pt"
 
 
 def info(directory: str | Path) -> dict[str, Any]:

@@ -61,8 +61,8 @@ from typing import Any
 
 import onnx
 
+from nas_ground.errors import UserInputError
 from onnx_bench.io import infer_shapes
-from search_spaces.base import UserInputError
 
 FORMATS = ("chain_slim", "compact")
 

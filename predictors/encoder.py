@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 CHUNK = 2048  # texts embedded and stored per step

@@ -1,5 +1,5 @@
 """Graph features beside the text embedding: scale (params, FLOPs, activations), depth, activation statistics
-on a fixed probe batch (`predictors.act_features`), the share of each common operator, and hashed
+on a fixed probe batch (`onnx_bench.activations`), the share of each common operator, and hashed
 Weisfeiler-Lehman subtree counts of the operator graph (`onnx_bench.graph.wl_counts`, log1p). Every feature is
 computable for any ONNX graph (from `onnx_bench.graph` or a bench record); nothing here knows a search space.
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from onnx_bench.activations import ACT_FEATURES, missing
 from onnx_bench.graph import WL_DIM
-from predictors.act_features import ACT_FEATURES, missing
 
 # Operators common across CNN and transformer families; the rest fall into "other".
 COMMON_OPS = (

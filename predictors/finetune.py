@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nas_ground.errors import UserInputError
 from predictors.encoder import Encoder
 from predictors.predictor import ranking_loss
-from search_spaces.base import UserInputError
 
 
 @dataclass

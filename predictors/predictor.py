@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas_ground.errors import UserInputError
 from predictors.encoder import DEFAULT_ENCODER, Encoder
 from predictors.features import CORE_FEATURES, FEATURE_NAMES, UNIVERSAL_FEATURES, feature_matrix
-from search_spaces.base import UserInputError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "nas_predictor"

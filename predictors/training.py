@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nas_ground.errors import UserInputError
 from onnx_bench.bench import read_bench
 from predictors.encoder import DEFAULT_ENCODER, Encoder
 from predictors.metrics import all_metrics
 from predictors.predictor import Predictor, TrainOptions, train_predictor
 from predictors.zero_shot import bench_inputs, target_column
-from search_spaces.base import UserInputError
 
 EVAL_CAP = 5000  # held-out records scored for the figures stored in a predictor file
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nas_ground.errors import UserInputError
+from onnx_bench.activations import ACT_FEATURES, activation_summary
 from onnx_bench.io import load_onnx
-from predictors.act_features import ACT_FEATURES, activation_summary
 from predictors.encoder import Encoder
 from predictors.predictor import Predictor
-from search_spaces.base import UserInputError
 
 DEFAULT_PREDICTOR = "default_predictor.safetensors"
 SUMMARY_KEYS = (

@@ -5,32 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from search_spaces.base import InvalidArchitecture, SearchSpace, UserInputError
-
-_REGISTRY: dict[str, Callable[..., SearchSpace[Any]]] = {}
-
-
-def register(name: str) -> Callable[[Callable[..., SearchSpace[Any]]], Callable[..., SearchSpace[Any]]]:
-    """Class decorator: make a space constructible by ``get_space(name)``."""
-
-    def deco(factory: Callable[..., SearchSpace[Any]]) -> Callable[..., SearchSpace[Any]]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def space_names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def get_space(name: str, **options: Any) -> SearchSpace[Any]:
-    """The space registered as ``name``; unknown names raise `UserInputError` listing the valid ones."""
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise UserInputError(f"unknown search space {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+from nas_ground.errors import UserInputError
+from nas_ground.registry import Registry
+from search_spaces.base import InvalidArchitecture, SearchSpace
 
 
 def _load_builtin() -> None:
@@ -38,4 +15,17 @@ def _load_builtin() -> None:
     from search_spaces import bignas, nasnet, nb201, nbmacro, transformer  # noqa: F401
 
 
-__all__ = ["InvalidArchitecture", "SearchSpace", "UserInputError", "get_space", "register", "space_names"]
+SPACES: Registry[Callable[..., SearchSpace[Any]]] = Registry("search space", _load_builtin)
+register = SPACES.register
+
+
+def space_names() -> list[str]:
+    return SPACES.names()
+
+
+def get_space(name: str, **options: Any) -> SearchSpace[Any]:
+    """The space registered as ``name``; unknown names raise `UserInputError` listing the valid ones."""
+    return SPACES.get(name)(**options)
+
+
+__all__ = ["SPACES", "InvalidArchitecture", "SearchSpace", "UserInputError", "get_space", "register", "space_names"]

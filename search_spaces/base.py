@@ -1,9 +1,11 @@
-"""The one interface every search space follows, and the errors a user can cause through a space."""
+"""The one interface every search space follows, and the error of an architecture that is not in a space."""
 
 from __future__ import annotations
 
 import random
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from nas_ground.errors import UserInputError
 
 if TYPE_CHECKING:
     import optuna
@@ -11,10 +13,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 Arch = TypeVar("Arch")
-
-
-class UserInputError(ValueError):
-    """A mistake the user can fix (bad name, malformed string, bad option); the CLI exits with code 2."""
 
 
 class InvalidArchitecture(UserInputError):

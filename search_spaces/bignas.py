@@ -29,8 +29,9 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from nas_ground.errors import UserInputError
 from search_spaces import register
-from search_spaces.base import InvalidArchitecture, UserInputError
+from search_spaces.base import InvalidArchitecture
 
 if TYPE_CHECKING:
     import optuna

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nas_ground.errors import UserInputError
 from search_spaces import register
-from search_spaces.base import InvalidArchitecture, UserInputError
+from search_spaces.base import InvalidArchitecture
 
 if TYPE_CHECKING:
     import optuna

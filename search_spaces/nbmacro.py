@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from nas_ground.errors import UserInputError
 from search_spaces import register
-from search_spaces.base import InvalidArchitecture, UserInputError
+from search_spaces.base import InvalidArchitecture
 
 if TYPE_CHECKING:
     import optuna

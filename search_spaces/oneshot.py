@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
 from search_spaces.nasnet import (
     OPS,
     Cell,

@@ -1,4 +1,4 @@
-"""Activation features of ONNX graphs (`predictors.act_features`), their bench columns and the two-view head."""
+"""Activation features of ONNX graphs (`onnx_bench.activations`), their bench columns and the two-view head."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from onnx_bench.activations import ACT_FEATURES, activation_summary, ks_from_features, probe_batch
 from onnx_bench.bench import build, nb201_jobs, read_bench, shards
 from onnx_bench.export import export_bytes
 from onnx_bench.io import load_onnx
-from predictors.act_features import ACT_FEATURES, activation_summary, ks_from_features, probe_batch
 from predictors.features import CORE_FEATURES, FEATURE_NAMES, feature_vector
 from predictors.predictor import Predictor, TrainOptions, train_predictor
 from predictors.proxies import ProxyBatch, ProxyConfig, compute_proxies
@@ -98,7 +98,7 @@ def test_feature_vector_marks_summaries_without_activation_features():
 
 
 def test_bench_upgrade_adds_the_columns_of_a_fresh_build(tmp_path: Path, nb201_csv: Path):
-    from nas.evaluators import load_nb201_table
+    from nas.tables import load_nb201_table
 
     fresh = tmp_path / "fresh"
     build(nb201_jobs(load_nb201_table(str(nb201_csv)), limit=6), fresh, workers=1, shard_size=4)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from nas.evaluators import load_nb201_table
+from nas.harvest import harvest_jobs
 from nas.search import Search, SearchConfig
-from onnx_bench.bench import build, harvest_jobs, info, nb201_jobs, read_bench
+from nas.tables import load_nb201_table
+from onnx_bench.bench import build, info, nb201_jobs, read_bench
 from onnx_bench.io import load_onnx
 from onnx_bench.text import describe
 

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nas.profile import count_params
+from nas_ground.cost import count_params
+from nas_ground.errors import UserInputError
 from onnx_bench.export import export_bytes
-from search_spaces import InvalidArchitecture, UserInputError, get_space, space_names
+from search_spaces import InvalidArchitecture, get_space, space_names
 from search_spaces.base import example_input
 from search_spaces.bignas import BigNASArch, BigNASNetwork, BigNASSpace, ElasticSupernet, Stage, recalibrate_bn
 

@@ -1,4 +1,4 @@
-"""Tests of nas.data: the real offline CIFAR-10, the download path against a local server, safe unpickling."""
+"""Tests of nas_ground.data: the real offline CIFAR-10, the download path against a local server, safe unpickling."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.data import (
+from nas_ground.data import (
     CIFAR10_FOLDER,
     TRAIN_BATCHES,
     DataError,
@@ -33,7 +33,7 @@ from nas.data import (
     resolve_data_dir,
     split_train_val,
 )
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
 
 IMAGES_PER_BATCH = 20
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from onnx import TensorProto, helper
 from torch import nn
 
-from nas.profile import count_flops
+from nas_ground.cost import count_flops
 from onnx_bench.export import export_onnx
 from onnx_bench.graph import summarize, to_networkx
 from search_spaces import get_space

@@ -16,8 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nas_ground.errors import UserInputError
 from search_spaces import get_space
-from search_spaces.base import InvalidArchitecture, UserInputError
+from search_spaces.base import InvalidArchitecture
 from search_spaces.nasnet import (
     DARTS_OPS,
     NASNET_OPS,

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.evaluators import load_nb201_table
+from nas.tables import load_nb201_table
 from search_spaces import InvalidArchitecture, get_space
 from search_spaces.nb201 import EDGES, OPS
 

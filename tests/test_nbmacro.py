@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-from nas.evaluators import load_nbmacro_table, make_evaluator
+from nas.evaluators import make_evaluator
+from nas.tables import load_nbmacro_table
+from nas_ground.errors import UserInputError
 from onnx_bench.bench import nbmacro_jobs, read_bench
 from search_spaces import get_space
-from search_spaces.base import InvalidArchitecture, UserInputError
+from search_spaces.base import InvalidArchitecture
 from tests.test_cli import assert_one_line_error, nas
 
 space = get_space("nbmacro")
@@ -279,7 +281,7 @@ def test_table_evaluator_rejects_unknown_options(data_dir):
 
 
 def test_table_evaluator_names_a_missing_table(tmp_path):
-    from nas.data import DataError
+    from nas_ground.data import DataError
 
     with pytest.raises(DataError) as info:
         make_evaluator("table", space, data_dir=str(tmp_path))

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from nas_ground.errors import UserInputError
 from onnx_bench.export import export_bytes
 from search_spaces import get_space
-from search_spaces.base import InvalidArchitecture, UserInputError
+from search_spaces.base import InvalidArchitecture
 from search_spaces.nasnet import Genotype, NASNetSpace, NetworkCIFAR
 from search_spaces.oneshot import InputChannelSelect, MixedEdge, OneShotSupernet
 from tests.test_nasnet import covering

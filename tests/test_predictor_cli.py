@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from nas.evaluators import load_nb201_table
+from nas.tables import load_nb201_table
 from onnx_bench.bench import build, nb201_jobs, read_bench
 from predictors.predictor import Predictor
 from predictors.training import load_bench_data

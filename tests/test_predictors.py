@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from nas_ground.errors import UserInputError
 from predictors.encoder import EmbeddingCache, Encoder
 from predictors.features import FEATURE_NAMES, UNIVERSAL_FEATURES, feature_vector
 from predictors.metrics import all_metrics, kendall_tau, mae, precision_at_k, spearman_rho
 from predictors.predictor import Predictor, TrainOptions, ranking_loss, train_predictor
-from search_spaces.base import UserInputError
 
 
 def test_metrics_on_known_orders():

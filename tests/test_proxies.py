@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
+from nas_ground.errors import UserInputError
 from predictors.metrics import spearman_rho
 from predictors.proxies import ProxyBatch, ProxyConfig, compute_proxies, parse_proxy_names, proxy_names
 from predictors.proxies.activations import code_kernel
 from predictors.proxies.pca import pca_k
 from search_spaces import get_space
-from search_spaces.base import UserInputError
 from tests.test_cli import assert_one_line_error, nas
 
 CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -135,7 +135,7 @@ def test_naswot_v1_differentiates_the_classifier_input(data_dir: Path):
 
 
 def test_naswot_v1_agrees_with_the_published_scores(data_dir: Path, nb201_csv: Path):
-    from nas.evaluators import load_nb201_table
+    from nas.tables import load_nb201_table
     from predictors.proxies.data import image_batch
 
     table = load_nb201_table(str(nb201_csv))
@@ -236,7 +236,7 @@ def test_search_with_a_proxy_evaluator_and_the_ensemble(tmp_path: Path, data_dir
 
 
 def test_ensemble_percentiles_are_order_independent(data_dir: Path):
-    from nas.proxy_evaluators import EnsembleEvaluator
+    from nas.evaluators.proxy import EnsembleEvaluator
 
     space = get_space("nb201")
     small = {"channels": 8, "cells_per_stage": 1, "batch_size": 8, "data_dir": str(data_dir)}
@@ -255,9 +255,10 @@ def test_ensemble_percentiles_are_order_independent(data_dir: Path):
 def test_transformer_wpca_sites_are_the_ffns_and_onnx_agrees(data_dir: Path):
     import onnx
 
+    from onnx_bench.activations import find_sites
     from onnx_bench.export import export_bytes
     from predictors.proxies.data import space_batch
-    from predictors.proxies.onnx_act import find_sites, onnx_proxies
+    from predictors.proxies.onnx_act import onnx_proxies
 
     space = get_space("transformer-small")
     arch = space.decode("bert1-mobile6-bert6-mobile2")

@@ -20,7 +20,7 @@ import ray
 from optuna.trial import TrialState
 
 from nas.search import Search, dominates, make_storage
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
 from tests.conftest import REPO
 from tests.test_cli import completed_trials, nas
 from tests.test_search import read_trials, table_config
@@ -107,7 +107,7 @@ def test_killed_worker_node_loses_no_trial(tmp_path: Path, data_dir: Path, nb201
         worker_node = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         run = tmp_path / "run"
-        slow = {"evaluator": "table-slow", "evaluator_options": {"delay_s": 1.0}}
+        slow = {"evaluator": "nas.testing.SlowTableEvaluator", "evaluator_options": {"delay_s": 1.0}}
         cfg = table_config(run, data_dir, trials=12, ray_address=cluster.address, workers=2, **slow)
         in_flight_at_kill: list[int] = []
 
@@ -159,7 +159,7 @@ def test_sigkill_of_the_driver_then_same_command_resumes(tmp_path: Path, data_di
     config = tmp_path / "slow.yaml"
     config.write_text("evaluator_options:\n  delay_s: 0.3\n")
     args = [
-        "search", "--space", "nb201", "--evaluator", "table-slow", "--trials", "14", "--seed", "2",
+        "search", "--space", "nb201", "--evaluator", "nas.testing.SlowTableEvaluator", "--trials", "14", "--seed", "2",
         "--run-dir", str(run), "--config", str(config), "--workers", "2",
     ]  # fmt: skip
     proc = subprocess.Popen(
@@ -203,7 +203,7 @@ def test_sigkill_of_the_driver_then_same_command_resumes(tmp_path: Path, data_di
 def test_a_trial_whose_worker_keeps_dying_fails_and_the_search_goes_on(tmp_path: Path, data_dir: Path, nb201_csv: Path):
     first = Search(table_config(tmp_path / "local", data_dir, trials=1)).run()
     crash = first.pareto[0].arch  # trial 0's architecture: the same seed proposes it first on Ray too
-    slow = {"evaluator": "table-slow", "evaluator_options": {"delay_s": 0.0, "crash_arch": crash}}
+    slow = {"evaluator": "nas.testing.SlowTableEvaluator", "evaluator_options": {"delay_s": 0.0, "crash_arch": crash}}
     run = tmp_path / "run"
     result = Search(table_config(run, data_dir, trials=6, workers=2, **slow)).run()
     trials = load_study(run).trials

@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from nas.search import Search, SearchConfig, dominates, make_storage, recover_interrupted
+from nas_ground.errors import UserInputError
 from search_spaces import get_space
-from search_spaces.base import UserInputError
 
 
 def table_config(run_dir: Path, data_dir: Path, **over) -> SearchConfig:

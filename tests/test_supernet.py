@@ -80,7 +80,7 @@ def test_supernet_bad_input_exits_2(tmp_path: Path, data_dir: Path):
 def test_sandwich_step_sums_the_gradients_of_largest_smallest_and_two_random_children(tmp_path: Path, data_dir: Path):
     import torch.nn.functional as F
 
-    from nas.data import load_cifar10
+    from nas_ground.data import load_cifar10
 
     cfg = SupernetConfig(space="bignas", train_images=32, val_images=16, batch_size=8, lr=1e-9, dropout=0.0)
     trainer = SupernetTrainer(tmp_path, cfg, load_cifar10(data_dir))

@@ -13,12 +13,12 @@ import torch
 from hypothesis import given, settings
 from onnx import TensorProto, helper, numpy_helper
 
+from nas_ground.errors import UserInputError
 from onnx_bench import text
 from onnx_bench.export import export_onnx
 from onnx_bench.io import load_onnx
 from onnx_bench.text import FORMATS, describe, token_count
 from search_spaces import get_space
-from search_spaces.base import UserInputError
 from tests.onnx_strategies import onnx_models, tiny_cnn
 
 # PAPERS.md, "ONNX-Net text format chain_slim": the residual example, character for character.

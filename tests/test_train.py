@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.data import load_cifar10
 from nas.evaluators import TrialFailed, make_evaluator
-from nas.profile import count_flops, count_params
 from nas.search import Search, SearchConfig
 from nas.train import TrainConfig, train_model, validation_split
+from nas_ground.cost import count_flops, count_params
+from nas_ground.data import load_cifar10
 from search_spaces import get_space
 
 TINY = dict(epochs=1, train_images=128, val_images=64, batch_size=32, channels=4, layers=1)

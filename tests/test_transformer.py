@@ -15,15 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.data import DataError
 from nas.evaluators import make_evaluator
-from nas.profile import count_flops, count_params
 from nas.search import Search, SearchConfig
-from nas.text_data import load_sst2, tokenize
 from nas.text_train import TextTrainConfig, train_subset, train_text_model
+from nas_ground.cost import count_flops, count_params
+from nas_ground.data import DataError
+from nas_ground.errors import UserInputError
+from nas_ground.text_data import load_sst2, tokenize
 from onnx_bench.export import export_architecture
 from search_spaces import get_space
-from search_spaces.base import InvalidArchitecture, UserInputError, example_input
+from search_spaces.base import InvalidArchitecture, example_input
 
 CAP = 15_700_000
 SENTENCE = "it 's a charming and often affecting journey ."  # the first dev sentence

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
+from nas_ground.registry import Registry
 
 
 class ProxyError(RuntimeError):
@@ -96,42 +97,29 @@ class Context:
 
 
 ProxyFn = Callable[[Context], float]
-_REGISTRY: dict[str, ProxyFn] = {}
-_ALIASES: dict[str, str] = {}
 ACTIVATION_PROXIES = ("naswot", "vpca", "wpca")  # computable from forward activations alone (ONNX files too)
-
-
-def register(name: str, *aliases: str) -> Callable[[ProxyFn], ProxyFn]:
-    def deco(fn: ProxyFn) -> ProxyFn:
-        _REGISTRY[name] = fn
-        for alias in aliases:
-            _ALIASES[alias] = name
-        return fn
-
-    return deco
 
 
 def _load_builtin() -> None:
     from predictors.proxies import grads, naswot, pca, size, synflow  # noqa: F401
 
 
+PROXIES: Registry[ProxyFn] = Registry("proxy", _load_builtin)
+register = PROXIES.register
+
+
 def proxy_names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return PROXIES.names()
 
 
 def parse_proxy_names(text: str | Iterable[str]) -> list[str]:
     """``"synflow,naswot"`` -> canonical names, validated; aliases (``jacov``) map to their proxy."""
-    _load_builtin()
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [n.strip() for n in text]
     out: list[str] = []
     for name in names:
         if not name:
             raise UserInputError(f"empty proxy name in {text!r}")
-        canonical = _ALIASES.get(name, name)
-        if canonical not in _REGISTRY:
-            valid = ", ".join(sorted([*_REGISTRY, *_ALIASES]))
-            raise UserInputError(f"unknown proxy {name!r}; valid: {valid}")
+        canonical = PROXIES.canonical(name)
         if canonical not in out:
             out.append(canonical)
     return out
@@ -157,7 +145,7 @@ def compute_proxies(
     for name in parse_proxy_names(names):
         start = time.perf_counter()
         torch.manual_seed(config.seed)
-        value = float(_REGISTRY[name](ctx))
+        value = float(PROXIES.get(name)(ctx))
         out[name] = value if math.isfinite(value) else math.nan
         if timings is not None:
             timings[name] = time.perf_counter() - start

@@ -13,7 +13,7 @@ from predictors.proxies import ProxyBatch, ProxyConfig
 
 def image_batch(config: ProxyConfig, data_dir: str | Path | None = None) -> ProxyBatch:
     """``batch_size`` CIFAR-10 training images (normalised) and labels, chosen by ``seed``."""
-    from nas.data import load_cifar10, normalize
+    from nas_ground.data import load_cifar10, normalize
 
     data = load_cifar10(data_dir, progress=False)
     idx = np.sort(np.random.default_rng(config.seed).choice(len(data.train_x), config.batch_size, replace=False))
@@ -22,7 +22,7 @@ def image_batch(config: ProxyConfig, data_dir: str | Path | None = None) -> Prox
 
 def text_batch(config: ProxyConfig, max_len: int, data_dir: str | Path | None = None) -> ProxyBatch:
     """``batch_size`` SST-2 training sentences as WordPiece ids padded to ``max_len``, and their labels."""
-    from nas.text_data import load_sst2
+    from nas_ground.text_data import load_sst2
 
     data = load_sst2(data_dir, max_len=max_len)
     n = len(data.train_y)

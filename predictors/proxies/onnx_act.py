@@ -14,42 +14,19 @@ float initializers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
+from onnx_bench.activations import find_sites
 from predictors.proxies import ACTIVATION_PROXIES, ProxyConfig, ProxyError
 from predictors.proxies.activations import as_samples, code_kernel
 from predictors.proxies.naswot import logdet_score
 from predictors.proxies.pca import vpca_value
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-
-
-@dataclass
-class OnnxSites:
-    relu_outputs: list[str] = field(default_factory=list)
-    pre_activations: list[str] = field(default_factory=list)
-
-
-def find_sites(model: onnx.ModelProto) -> OnnxSites:
-    producers = {out: node for node in model.graph.node for out in node.output}
-    sites = OnnxSites()
-    for node in model.graph.node:
-        if node.op_type == "Relu":
-            sites.relu_outputs.append(node.output[0])
-        pre = None
-        if node.op_type in ("Relu", "Gelu"):
-            pre = node.input[0]
-        elif node.op_type == "Erf":  # x * 0.5 * (1 + erf(x / sqrt(2))): the pre-activation is x
-            src = producers.get(node.input[0])
-            pre = src.input[0] if src is not None and src.op_type in ("Div", "Mul") else node.input[0]
-        if pre is not None and pre not in sites.pre_activations:
-            sites.pre_activations.append(pre)
-    return sites
 
 
 def _float_params(model: onnx.ModelProto) -> int:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nas.profile import count_params
+from nas_ground.cost import count_params
+from onnx_bench.activations import components_for
 from predictors.proxies import Context, ProxyError, register
 from predictors.proxies.activations import collect, need_sites
 
@@ -29,20 +30,10 @@ def pca_k(samples: torch.Tensor | np.ndarray, eta: float) -> int:
         raise ProxyError("PCA needs at least 2 samples")
     h = h - h.mean(dim=0, keepdim=True)
     cov = h.T @ h / (h.shape[0] - 1)
-    return components_for(torch.linalg.eigvalsh(cov).numpy(), (eta,))[0]
-
-
-def components_for(eigvals: np.ndarray, etas: tuple[float, ...]) -> list[int]:
-    """For each eta, the smallest k whose top-k of the covariance eigenvalues ``eigvals`` (any order) exceed eta
-    of their sum; 0 when there is no variance."""
-    eig = np.clip(np.sort(np.asarray(eigvals, dtype=np.float64))[::-1], 0.0, None)
-    total = float(eig.sum())
-    if not np.isfinite(total):
-        raise ProxyError("non-finite activations")
-    if total <= 0.0:
-        return [0 for _ in etas]
-    ratio = np.cumsum(eig) / total
-    return [min(int(np.searchsorted(ratio, eta, side="right")) + 1, len(ratio)) for eta in etas]
+    try:
+        return components_for(torch.linalg.eigvalsh(cov).numpy(), (eta,))[0]
+    except FloatingPointError as exc:
+        raise ProxyError(str(exc)) from exc
 
 
 def vpca_value(sites: list[torch.Tensor], eta: float) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nas.profile import count_flops, count_params
+from nas_ground.cost import count_flops, count_params
 from predictors.proxies import Context, register
 
 

@@ -30,7 +30,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from search_spaces.base import UserInputError
+from nas_ground.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The network runs once, in onnxruntime, on a fixed probe batch of 8 natural images (CIFAR-10 training images
 shipped in the package as ``probe_images.npy``, normalised with the CIFAR-10 statistics and resized bilinearly
 to the model's input size), so the features need no data set and are the same on every machine. At every PCA
-site (the distinct inputs of each Relu/Gelu/erf-GELU: `predictors.proxies.onnx_act.find_sites`) the samples x
+site (the distinct inputs of each Relu/Gelu/erf-GELU: `find_sites`) the samples x
 features matrix ((batch * pixels) x channels) gives the eigenvalues of its covariance; per site, k(eta) is the
 smallest number of principal components holding eta of the variance. Features:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import math
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -37,6 +38,45 @@ DYNAMIC_SIZE = 32
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
+@dataclass
+class OnnxSites:
+    """Where a graph's activations are read: the outputs of every ``Relu`` (binary codes) and the distinct
+    pre-activations of every ``Relu``/``Gelu`` and of the exporter's erf-GELU pattern (PCA sites)."""
+
+    relu_outputs: list[str] = field(default_factory=list)
+    pre_activations: list[str] = field(default_factory=list)
+
+
+def find_sites(model: onnx.ModelProto) -> OnnxSites:
+    producers = {out: node for node in model.graph.node for out in node.output}
+    sites = OnnxSites()
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            sites.relu_outputs.append(node.output[0])
+        pre = None
+        if node.op_type in ("Relu", "Gelu"):
+            pre = node.input[0]
+        elif node.op_type == "Erf":  # x * 0.5 * (1 + erf(x / sqrt(2))): the pre-activation is x
+            src = producers.get(node.input[0])
+            pre = src.input[0] if src is not None and src.op_type in ("Div", "Mul") else node.input[0]
+        if pre is not None and pre not in sites.pre_activations:
+            sites.pre_activations.append(pre)
+    return sites
+
+
+def components_for(eigvals: np.ndarray, etas: tuple[float, ...]) -> list[int]:
+    """For each eta, the smallest k whose top-k of the covariance eigenvalues ``eigvals`` (any order) exceed eta
+    of their sum; 0 when there is no variance. Raises FloatingPointError for non-finite eigenvalues."""
+    eig = np.clip(np.sort(np.asarray(eigvals, dtype=np.float64))[::-1], 0.0, None)
+    total = float(eig.sum())
+    if not np.isfinite(total):
+        raise FloatingPointError("non-finite activations")
+    if total <= 0.0:
+        return [0 for _ in etas]
+    ratio = np.cumsum(eig) / total
+    return [min(int(np.searchsorted(ratio, eta, side="right")) + 1, len(ratio)) for eta in etas]
+
+
 def missing() -> dict[str, float]:
     return {**dict.fromkeys(ACT_FEATURES, 0.0), "act_missing": 1.0}
 
@@ -44,7 +84,7 @@ def missing() -> dict[str, float]:
 @lru_cache(maxsize=1)
 def probe_images() -> np.ndarray:
     """The shipped probe batch, uint8 (8, 3, 32, 32)."""
-    path = importlib.resources.files("predictors") / PROBE_FILE
+    path = importlib.resources.files("onnx_bench") / PROBE_FILE
     with path.open("rb") as f:
         return np.load(f)
 
@@ -53,7 +93,7 @@ def probe_batch(channels: int, height: int, width: int) -> np.ndarray:
     """The probe images as a normalised float32 batch of the given shape (grey = mean of the colour channels)."""
     import torch
 
-    from nas.data import CIFAR10_MEAN, CIFAR10_STD
+    from nas_ground.data import CIFAR10_MEAN, CIFAR10_STD
 
     mean = np.asarray(CIFAR10_MEAN, dtype=np.float32)[:, None, None]
     std = np.asarray(CIFAR10_STD, dtype=np.float32)[:, None, None]
@@ -90,8 +130,6 @@ def ks_from_features(features: np.ndarray, etas: tuple[float, ...] = ETAS) -> li
     float32, the covariance by one BLAS call, eigenvalues in float64. A wide site (more features than samples:
     a 1,280-channel head on 8 x 4 x 4 samples) is decomposed through the samples x samples Gram matrix, which
     has the same non-zero eigenvalues at a fraction of the cost."""
-    from predictors.proxies.pca import components_for
-
     h = features.astype(np.float32, copy=False)
     h = h - h.mean(axis=1, keepdims=True)
     gram = h @ h.T if h.shape[0] <= h.shape[1] else h.T @ h
@@ -136,8 +174,6 @@ def _run(model: onnx.ModelProto, wanted: list[str], name: str, x: np.ndarray) ->
 
 def activation_summary(model: onnx.ModelProto) -> dict[str, float]:
     """The ``act_*`` features of ``model`` (see the module docstring); never raises for a valid graph."""
-    from predictors.proxies.onnx_act import find_sites
-
     spec = _image_input(model)
     if spec is None:
         return missing()

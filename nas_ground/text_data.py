@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.data import DataError, resolve_data_dir
+from nas_ground.data import DataError, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.evaluators import BUILD_KEYS, profile
+from nas.evaluators.base import BUILD_KEYS, TrialFailed, profile
+from nas_ground.errors import UserInputError
 from search_spaces import SearchSpace
-from search_spaces.base import UserInputError, example_input
+from search_spaces.base import example_input
 
 PROXY_KEYS = ("seed", "batch_size", "eta", "device", "train_mode")
 
@@ -46,7 +47,6 @@ class _ProxyScorer:
 
     def values(self, arch: Any, model: nn.Module | None = None) -> dict[str, float]:
         """Every proxy's value; a proxy that cannot be computed for this network fails the trial with its reason."""
-        from nas.evaluators import TrialFailed
         from predictors.proxies import ProxyError, compute_proxies
 
         try:
@@ -65,7 +65,6 @@ class ProxyEvaluator:
         self.metrics: tuple[str, ...] = tuple(dict.fromkeys((self.proxy, "params", "flops", "latency_ms")))
 
     def evaluate(self, arch: Any) -> dict[str, float]:
-        from nas.evaluators import TrialFailed
 
         model = self.scorer.build(arch)
         values = self.scorer.values(arch, model)
@@ -119,7 +118,7 @@ class EnsembleEvaluator:
         self.scorer = _ProxyScorer(space, proxies, data_dir, options)
         self.predictor = None
         if self.use_predictor:
-            from nas.evaluators import _PredictorScorer
+            from nas.evaluators.predictor import _PredictorScorer
 
             self.predictor = _PredictorScorer(space, predictor, build_options)
         self.members = [*self.scorer.names, *(["predictor"] if self.use_predictor else [])]

@@ -1,0 +1,118 @@
+"""``train``: each candidate trained on CIFAR-10 (or SST-2 for a text space); its weights kept for the front."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.evaluators import register
+from nas.evaluators.base import BUILD_KEYS, TEXT_BUILD_KEYS, TrialFailed, profile, weights_path
+from nas.text_train import TextTrainConfig, text_accuracy, text_train_config, train_text_model
+from nas.train import Diverged, TrainConfig, evaluate_accuracy, resolve_device, train_model
+from nas_ground.atomic import atomic_path
+from nas_ground.data import Cifar10
+from nas_ground.errors import UserInputError
+from nas_ground.text_data import SST2
+from search_spaces import SearchSpace
+from search_spaces.base import example_input
+
+
+@register("train")
+class TrainEvaluator:
+    """Train each candidate on a CIFAR-10 subset; report validation accuracy, params, FLOPs, CPU latency.
+
+    For a text space (``modality = "text"``) the data set is SST-2 (`nas.text_train`: AdamW, dev accuracy);
+    the metrics keep their names, ``accuracy`` in percent on the dev sentences.
+    """
+
+    metrics: tuple[str, ...] = ("accuracy", "params", "flops", "latency_ms", "train_seconds", "train_loss")
+
+    def __init__(
+        self,
+        space: SearchSpace[Any],
+        *,
+        data_dir: str | None = None,
+        artifacts_dir: str | None = None,
+        test_images: int = 10_000,
+        **options: Any,
+    ) -> None:
+        from nas_ground.data import load_cifar10
+
+        self.space = space
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
+        if getattr(space, "modality", "image") == "text":
+            self._init_text(data_dir, test_images, options)
+            return
+        self.build_options = {k: options.pop(k) for k in BUILD_KEYS if k in options}
+        train_keys = set(TrainConfig.__dataclass_fields__)
+        unknown = sorted(set(options) - train_keys)
+        if unknown:
+            valid = ", ".join(sorted(train_keys | set(BUILD_KEYS)))
+            raise UserInputError(f"unknown train evaluator option {unknown[0]!r}; valid: {valid}")
+        self.config: TrainConfig | TextTrainConfig = TrainConfig(**options)
+        self.data: Cifar10 | SST2 = load_cifar10(data_dir)
+        if not 1 <= test_images <= len(self.data.test_x):
+            raise UserInputError(f"test_images={test_images} must be in 1..{len(self.data.test_x)}")
+        self.test_images = test_images
+        self.build(space.sample(random.Random(0)))  # bad build options fail here, not mid-run
+
+    def _init_text(self, data_dir: str | None, test_images: int, options: dict[str, Any]) -> None:
+        """SST-2 at the space's sequence length; the CLI's image-named budget options count sentences."""
+        from nas_ground.text_data import load_sst2
+
+        self.build_options = {k: options.pop(k) for k in TEXT_BUILD_KEYS if k in options}
+        self.config = text_train_config(options)
+        self.data = load_sst2(data_dir, max_len=self.space.max_len)  # type: ignore[attr-defined]
+        if test_images < 1:
+            raise UserInputError(f"test_images={test_images} must be >= 1")
+        self.test_images = min(test_images, len(self.data.test_y))  # SST-2 test: 1,821 sentences
+        self.build(self.space.sample(random.Random(0)))
+
+    def build(self, arch: Any) -> nn.Module:
+        torch.manual_seed(self.config.seed)
+        return self.space.build(arch, **self.build_options)
+
+    def evaluate(self, arch: Any) -> dict[str, float]:
+        model = self.build(arch)
+        return {**profile(model, example_input(self.space)), **self.fit(arch, model)}
+
+    def fit(self, arch: Any, model: nn.Module) -> dict[str, float]:
+        """Train ``model`` (built by `build`); save its weights; accuracy, seconds and loss."""
+        try:
+            if isinstance(self.data, SST2) and isinstance(self.config, TextTrainConfig):
+                result: Any = train_text_model(model, self.data, self.config)
+            else:
+                assert isinstance(self.data, Cifar10) and isinstance(self.config, TrainConfig)
+                result = train_model(model, self.data, self.config)
+        except Diverged as exc:
+            raise TrialFailed(f"diverged: {exc}") from exc
+        if self.artifacts_dir is not None:
+            with atomic_path(weights_path(self.artifacts_dir, self.space.encode(arch))) as tmp:
+                torch.save(model.cpu().state_dict(), tmp)
+        return {"accuracy": result.val_accuracy, "train_seconds": result.seconds, "train_loss": result.train_loss}
+
+    def model(self, arch: Any) -> nn.Module:
+        model = self.build(arch)
+        if self.artifacts_dir is not None:
+            path = weights_path(self.artifacts_dir, self.space.encode(arch))
+            if path.exists():
+                model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+
+    def final_metrics(self, arch: Any) -> dict[str, float]:
+        """Test accuracy on the first ``test_images`` CIFAR-10 test images (all 10,000 by default; SST-2: all
+        1,821 test sentences), from the weights saved by evaluate()."""
+        if self.artifacts_dir is None:
+            return {}
+        path = weights_path(self.artifacts_dir, self.space.encode(arch))
+        if not path.exists():
+            return {}
+        model = self.model(arch).to(resolve_device(self.config.device))
+        n, data = self.test_images, self.data
+        if isinstance(data, SST2):
+            return {"test_accuracy": text_accuracy(model, data.test_ids[:n], data.test_mask[:n], data.test_y[:n])}
+        return {"test_accuracy": evaluate_accuracy(model, data.test_x[:n], data.test_y[:n])}

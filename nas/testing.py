@@ -1,0 +1,30 @@
+"""Aids for fault tests and chaos experiments; not registered under a name, reach them by import path:
+``--evaluator nas.testing.SlowTableEvaluator``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from nas.evaluators.table import TableEvaluator
+from search_spaces import SearchSpace
+
+
+class SlowTableEvaluator(TableEvaluator):
+    """A testing aid: the `table` evaluator that sleeps ``delay_s`` seconds per evaluation, so that tests can
+    kill a worker node or the driver while trials are in flight, and that ends its own process (as a crash
+    would) when it meets ``crash_arch``."""
+
+    def __init__(
+        self, space: SearchSpace[Any], *, delay_s: float = 0.5, crash_arch: str | None = None, **options: Any
+    ) -> None:
+        super().__init__(space, **options)
+        self.delay_s = float(delay_s)
+        self.crash_arch = crash_arch
+
+    def evaluate(self, arch: Any) -> dict[str, float]:
+        if self.space.encode(arch) == self.crash_arch:
+            os._exit(1)
+        time.sleep(self.delay_s)
+        return super().evaluate(arch)
