@@ -15,9 +15,7 @@ gradients of all children are summed into one update. The learning rate follows 
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.train import Diverged, check_budget, evaluate_accuracy, resolve_device, validation_split
+from nas_ground.atomic import atomic_path
 from nas_ground.data import Cifar10, augment, normalize
 from nas_ground.errors import UserInputError
 from search_spaces import SearchSpace, get_space
@@ -142,17 +141,6 @@ def child_accuracy(
     if recal is not None:
         recalibrate_bn(child, recal)
     return evaluate_accuracy(child, data.x_val, data.y_val, device=device)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -299,5 +287,6 @@ class SupernetTrainer:
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
         }
-        _atomic_save(state, path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
         return path

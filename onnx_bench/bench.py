@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from nas_ground.atomic import atomic_path
 from nas_ground.errors import UserInputError
 
 KEY_COLUMNS = ("space", "arch", "source")
@@ -80,7 +79,6 @@ def make_record(job: Job) -> dict[str, Any]:
         "nodes": summary["nodes"],
         "depth": summary["depth"],
         "params": summary["params"],
-        "macs": summary["macs"],
         "flops": summary["flops"],
         "peak_activation": summary["peak_activation"],
         "op_histogram": json.dumps(summary["op_histogram"], sort_keys=True),
@@ -108,10 +106,23 @@ def read_bench(directory: str | Path, columns: list[str] | None = None) -> pd.Da
     frames = []
     for f in files:
         try:
-            frames.append(pd.read_parquet(f, columns=columns))
+            frames.append(_read_shard(f, columns))
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise UserInputError(f"cannot read bench shard {f}: {str(exc).splitlines()[0]}") from exc
     return pd.concat(frames, ignore_index=True)
+
+
+def _read_shard(path: Path, columns: list[str] | None) -> pd.DataFrame:
+    """One shard; a shard written when ``flops`` meant twice the multiply-accumulates (it also has a ``macs``
+    column) is read with ``flops`` = its ``macs``, the one meaning used now."""
+    old_flops = "macs" in pq.read_schema(path).names
+    wanted = None if columns is None else columns + (["macs"] if old_flops and "flops" in columns else [])
+    frame = pd.read_parquet(path, columns=wanted)
+    if old_flops:
+        if "macs" in frame:
+            frame["flops"] = frame["macs"]
+        frame = frame.drop(columns=["macs"], errors="ignore")
+    return frame
 
 
 def existing_keys(directory: Path) -> set[tuple[str, str, str]]:
@@ -124,14 +135,8 @@ def existing_keys(directory: Path) -> set[tuple[str, str, str]]:
 def _write_shard(directory: Path, records: list[dict[str, Any]], final: Path | None = None) -> Path:
     frame = pd.DataFrame.from_records(records)
     final = final or directory / f"records-{pd.Timestamp.now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".shard.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(final) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return final
 
 

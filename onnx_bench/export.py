@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import onnx
 import torch
 from torch import nn
 
+from nas_ground.atomic import atomic_write
 from onnx_bench.io import infer_shapes
 from search_spaces import SearchSpace
 from search_spaces.base import example_input
@@ -129,24 +128,6 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(data: bytes, path: str | Path) -> Path:
-    """Write ``data`` to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -161,7 +142,7 @@ def export_onnx(
         data = export_bytes(model, example=inputs, dynamo=dynamo, parity=parity)
     else:
         data = export_bytes(model, inputs, dynamo=dynamo, parity=parity)
-    return write_atomic(data, path)
+    return atomic_write(path, data)
 
 
 def seed_everything(seed: int) -> None:
@@ -177,7 +158,7 @@ class ExportedArchitecture:
 
     def save(self, directory: str | Path, prefix: str = "") -> Path:
         """Write as ``<prefix><first 16 hex of the hash>.onnx`` in ``directory``."""
-        return write_atomic(self.data, Path(directory) / f"{prefix}{self.sha256[:16]}.onnx")
+        return atomic_write(Path(directory) / f"{prefix}{self.sha256[:16]}.onnx", self.data)
 
 
 def export_architecture(

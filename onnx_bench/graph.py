@@ -182,14 +182,15 @@ def _macs(node: onnx.NodeProto, index: _Index, attrs: dict[str, Any]) -> int | N
 
 
 def summarize(model: onnx.ModelProto) -> dict[str, Any]:
-    """JSON-serialisable counts of ``model``: operators, op histogram, depth, parameters, MACs/FLOPs, activations.
+    """JSON-serialisable counts of ``model``: operators, op histogram, depth, parameters, FLOPs, activations.
 
-    ``macs`` covers Conv, Gemm and MatMul (the NAS-Bench-201 convention: Conv + Linear); nodes whose shapes are
-    unknown are counted in ``unknown_macs`` instead. ``peak_activation`` / ``activation_total`` are the largest
+    ``flops`` means multiply-accumulates, as everywhere in this project (the NAS-Bench-201 and NAS-Bench-Macro
+    convention): those of Conv, Gemm and MatMul (Conv + Linear) for one input; nodes whose shapes are unknown are
+    counted in ``unknown_flops`` instead. ``peak_activation`` / ``activation_total`` are the largest
     and summed element counts of the tensors operators produce, graph outputs and Constant values excluded.
     ``depth`` is the number of operators on the longest path, None for a cyclic graph. ``params`` counts float
     initializers (see `_params`); ``unknown_shapes`` the graph inputs and operator outputs without a shape (a
-    symbolic dim such as ``"N"`` is a shape, but leaves the MACs of the nodes it reaches unknown). Shapes are lists
+    symbolic dim such as ``"N"`` is a shape, but leaves the FLOPs of the nodes it reaches unknown). Shapes are lists
     of ints, dim names or None; None when even the rank is unknown.
     """
     g, index = _build(model)
@@ -228,9 +229,8 @@ def summarize(model: onnx.ModelProto) -> dict[str, Any]:
         "op_histogram": dict(sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0]))),
         "depth": depth,
         "params": _params(nodes, index),
-        "macs": macs,
-        "flops": 2 * macs,
-        "unknown_macs": unknown_macs,
+        "flops": macs,
+        "unknown_flops": unknown_macs,
         "peak_activation": max(activations, default=0),
         "activation_total": sum(activations),
         "inputs": {name: _json_shape(index.shape(name)) for name in index.inputs},

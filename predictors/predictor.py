@@ -254,11 +254,11 @@ class Predictor:
         """Write the file atomically (temp file, then rename)."""
         from safetensors.torch import save
 
-        from onnx_bench.export import write_atomic
+        from nas_ground.atomic import atomic_write
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         data = save(tensors, metadata={METADATA_KEY: json.dumps(self.metadata(), sort_keys=True)})
-        return write_atomic(data, path)
+        return atomic_write(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:

@@ -26,7 +26,7 @@ def test_export_describe_graph_round(tmp_path: Path):
     compact = nas("describe", str(path), "--format", "compact")
     assert compact.returncode == 0 and len(compact.stdout) < len(chain.stdout)
     summary = json.loads(nas("graph", str(path), "--json").stdout)
-    assert summary["op_histogram"]["Conv"] > 0 and summary["macs"] > 0
+    assert summary["op_histogram"]["Conv"] > 0 and summary["flops"] > 0
 
 
 def test_custom_operator_is_described_not_crashed(tmp_path: Path):

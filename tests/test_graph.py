@@ -31,7 +31,8 @@ def test_tiny_cnn_summary() -> None:
     assert s["depth"] == 7  # Conv -> Relu -> Conv -> Add -> GAP -> Flatten -> Gemm
     assert s["params"] == (16 * 3 * 3 * 3 + 16) + (16 * 16 * 3 * 3 + 16) + (10 * 16 + 10)
     macs = 32 * 32 * 16 * (3 * 3 * 3) + 32 * 32 * 16 * (16 * 3 * 3) + 10 * 16
-    assert (s["macs"], s["flops"], s["unknown_macs"]) == (macs, 2 * macs, 0)
+    assert (s["flops"], s["unknown_flops"]) == (macs, 0)  # FLOPs are multiply-accumulates
+    assert "macs" not in s  # one name for one quantity
     assert s["peak_activation"] == 16 * 32 * 32
     assert s["activation_total"] == 4 * 16 * 32 * 32 + 16 + 16  # conv1, relu, conv2, add; GAP, Flatten
     assert s["inputs"] == {"input": [1, 3, 32, 32]}
@@ -102,8 +103,8 @@ def nb201(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, onnx.Mod
 def test_nb201_macs_match_torch_profile(nb201: tuple[nn.Module, onnx.ModelProto]) -> None:
     model, proto = nb201
     s = summarize(proto)
-    assert s["unknown_macs"] == 0 and s["unknown_shapes"] == 0
-    assert s["macs"] == count_flops(model, (3, 32, 32))  # same convention: Conv + Linear(Gemm)
+    assert s["unknown_flops"] == 0 and s["unknown_shapes"] == 0
+    assert s["flops"] == count_flops(model, (3, 32, 32))  # same convention: Conv + Linear(Gemm)
     assert s["op_histogram"]["Conv"] == sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
@@ -139,7 +140,7 @@ def test_nb201_params_relation(nb201: tuple[nn.Module, onnx.ModelProto], tmp_pat
     trained = summarize(onnx.load(export_onnx(model, tmp_path / "trained.onnx", (3, 32, 32))))
     assert "Identity" not in trained["op_histogram"]
     assert trained["params"] == expected
-    assert trained["macs"] == s["macs"]
+    assert trained["flops"] == s["flops"]
 
 
 def test_transformer_matmuls_are_counted() -> None:
@@ -153,11 +154,11 @@ def test_transformer_matmuls_are_counted() -> None:
         torch.onnx.export(encoder, (torch.randn(1, 16, 64),), buffer, dynamo=False, opset_version=17)
     s = summarize(onnx.load_model_from_string(buffer.getvalue()))
     json.dumps(s)
-    assert s["op_histogram"]["MatMul"] > 0 and s["unknown_macs"] == 0
+    assert s["op_histogram"]["MatMul"] > 0 and s["unknown_flops"] == 0
     t, d, ff, layers = 16, 64, 128, 2
     # per layer: QKV projection, Q K^T and A V over all heads, output projection, the two FFN layers
     per_layer = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * ff
-    assert s["macs"] == layers * per_layer
+    assert s["flops"] == layers * per_layer
     assert s["params"] == sum(p.numel() for p in encoder.parameters())
     assert s["inputs"] == {next(iter(s["inputs"])): [1, 16, 64]}
 
@@ -183,7 +184,7 @@ def _custom_then_conv(input_dims: list[int | str]) -> onnx.ModelProto:
 def test_unknown_shapes_are_counted_not_fatal() -> None:
     s = summarize(_custom_then_conv([1, 3, 8, 8]))
     assert s["custom_ops"] == ["MyOp"]
-    assert s["unknown_macs"] == 1 and s["macs"] == 0
+    assert s["unknown_flops"] == 1 and s["flops"] == 0
     assert s["unknown_shapes"] == 3  # h, y, z
     assert s["depth"] == 3 and s["params"] == 8 * 27
     assert s["outputs"] == {"z": None}
@@ -196,7 +197,7 @@ def test_symbolic_batch_leaves_macs_unknown() -> None:
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
     s = summarize(model)
     assert s["inputs"] == {"input": ["N", 3, 32, 32]}
-    assert s["unknown_macs"] == 3 and s["macs"] == 0
+    assert s["unknown_flops"] == 3 and s["flops"] == 0
     assert s["unknown_shapes"] == 0 and s["peak_activation"] == 0
 
 
@@ -229,9 +230,8 @@ def _check_invariants(model: onnx.ModelProto) -> dict:
 @given(onnx_models())
 def test_random_models(model: onnx.ModelProto) -> None:
     s = _check_invariants(model)
-    assert s["unknown_shapes"] == 0 and s["unknown_macs"] == 0 and s["custom_ops"] == []
-    assert s["flops"] == 2 * s["macs"]
-    assert (s["macs"] > 0) == any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node)
+    assert s["unknown_shapes"] == 0 and s["unknown_flops"] == 0 and s["custom_ops"] == []
+    assert (s["flops"] > 0) == any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node)
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,9 +19,10 @@ import pytest
 import ray
 from optuna.trial import TrialState
 
-from nas.search import Search, dominates, make_storage
+from nas.search import Search, make_storage
 from nas_ground.errors import UserInputError
 from tests.conftest import REPO
+from tests.oracles import dominates
 from tests.test_cli import completed_trials, nas
 from tests.test_search import read_trials, table_config
 

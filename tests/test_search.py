@@ -11,9 +11,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas.search import Search, SearchConfig, dominates, make_storage, recover_interrupted
+from nas.search import Search, SearchConfig, make_storage, recover_interrupted
 from nas_ground.errors import UserInputError
 from search_spaces import get_space
+from tests.oracles import dominates
 
 
 def table_config(run_dir: Path, data_dir: Path, **over) -> SearchConfig:

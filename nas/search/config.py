@@ -1,0 +1,102 @@
+"""What a search is: its configuration, the objectives it optimises and how a YAML file or the CLI fill it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas.ray_backend import RayOptions
+from nas_ground.errors import UserInputError
+
+# Keys whose change makes an existing run directory a different experiment (resume refuses it).
+IDENTITY_KEYS = ("space", "space_options", "evaluator", "evaluator_options", "objectives", "sampler", "seed")
+
+
+@dataclass
+class SearchConfig:
+    space: str = "nasnet"
+    evaluator: str = "train"
+    objectives: list[str] | None = None  # default: the evaluator's (see default_objectives)
+    trials: int = 10
+    seed: int = 0
+    sampler: str = "nsga2"
+    run_dir: str | None = None
+    storage: str | None = None
+    data_dir: str | None = None
+    timeout: float | None = None  # seconds: no new trial starts after this (wall clock of this invocation)
+    space_options: dict[str, Any] = field(default_factory=dict)
+    evaluator_options: dict[str, Any] = field(default_factory=dict)
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    # Ray (see nas.ray_backend): trials in flight as Ray tasks, on a local runtime or the cluster at ray_address.
+    workers: int | None = None
+    ray_address: str | None = None
+    cpus_per_trial: float | None = None  # default 1
+    gpus_per_trial: float | None = None  # default 0; fractions share a GPU
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SearchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserInputError(f"unknown key {unknown[0]!r} in {source}; valid: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.objectives is None:
+            self.objectives = default_objectives(self.evaluator)
+        elif isinstance(self.objectives, str):
+            self.objectives = [o for o in self.objectives.split(",") if o]
+
+    def parsed_objectives(self) -> list[tuple[str, str]]:
+        out = []
+        assert self.objectives is not None
+        for obj in self.objectives:
+            name, sep, direction = obj.partition(":")
+            if not sep or direction not in ("max", "min") or not name:
+                raise UserInputError(f"bad objective {obj!r}: write NAME:max or NAME:min")
+            out.append((name, direction))
+        if len({n for n, _ in out}) != len(out):
+            raise UserInputError(f"objective listed twice in {','.join(self.objectives)!r}")
+        return out
+
+
+def default_objectives(evaluator: str) -> list[str]:
+    """Accuracy up and params down; for evaluators without an accuracy, their score up and params down."""
+    if evaluator == "predictor":
+        return ["score:max", "params:min"]
+    if evaluator == "ensemble" or evaluator.startswith("proxy:"):
+        from nas.evaluators.proxy import default_objectives as proxy_objectives
+
+        return proxy_objectives(evaluator)
+    return ["accuracy:max", "params:min"]
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise UserInputError(f"cannot read config {path}: {reason}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserInputError(f"config {path} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def ray_options(cfg: SearchConfig) -> RayOptions | None:
+    """The Ray settings of a configuration: None (the local loop) unless it names workers or a Ray address."""
+    if cfg.workers is None and cfg.ray_address is None:
+        for key in ("cpus_per_trial", "gpus_per_trial"):
+            if getattr(cfg, key) is not None:
+                raise UserInputError(f"{key} needs Ray: give workers (--workers) or a Ray address (--ray-address)")
+        return None
+    return RayOptions(
+        workers=cfg.workers,
+        address=cfg.ray_address,
+        cpus_per_trial=1.0 if cfg.cpus_per_trial is None else float(cfg.cpus_per_trial),
+        gpus_per_trial=0.0 if cfg.gpus_per_trial is None else float(cfg.gpus_per_trial),
+    )

@@ -1,0 +1,47 @@
+"""``trials.csv``: one row per trial (number, state, architecture, every metric, why it failed or was screened)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from nas_ground.atomic import atomic_write
+
+
+def trials_frame(study: optuna.Study, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """`optuna.Study.trials_dataframe` with the ``metrics`` user attribute spread into columns (objectives first)
+    and the reason a trial did not complete (failed, screened out, interrupted) in ``fail_reason``."""
+    frame = study.trials_dataframe(attrs=("number", "state", "user_attrs"), multi_index=False)
+    objective_names = [n for n, _ in objectives]
+    if frame.empty:
+        return pd.DataFrame(columns=["number", "state", "arch", *objective_names, "fail_reason"])
+
+    def attr(name: str) -> list[Any]:
+        column = frame.get(f"user_attrs_{name}")
+        return [None] * len(frame) if column is None else [None if _missing(v) else v for v in column]
+
+    metrics = pd.DataFrame([m or {} for m in attr("metrics")], index=frame.index)
+    out = pd.DataFrame({"number": frame["number"], "state": frame["state"], "arch": attr("arch")}, index=frame.index)
+    out["arch"] = out["arch"].fillna("")
+    for name in dict.fromkeys([*objective_names, *metrics.columns]):
+        out[name] = metrics.get(name)
+    out["fail_reason"] = [
+        failed or screened or ("interrupted" if interrupted else "")
+        for failed, screened, interrupted in zip(
+            attr("fail_reason"), attr("screened"), attr("interrupted"), strict=True
+        )
+    ]
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def write_trials_csv(study: optuna.Study, path: Path, objectives: Sequence[tuple[str, str]]) -> None:
+    atomic_write(path, trials_frame(study, objectives).to_csv(index=False))
