@@ -9,40 +9,48 @@ pairs are formed within each (space, target) group only, so the scales are never
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
-from experiments.predictor_families import RECIPES, RESULTS, TARGETS
-from experiments.record import record
+from experiments.predictor_families import RECIPES, TARGETS
+from experiments.record import load_numbers, record
 from predictors.predictor import Predictor
 from predictors.zero_shot import default_predictor_path
 
+BENCHES = ["runs/bench-nb201", "runs/bench-nbmacro", "runs/bench-nasnet"]
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--benches", nargs="+", default=["runs/bench-nb201", "runs/bench-nbmacro", "runs/bench-nasnet"])
-    parser.add_argument("--recipe", default="graph-universal", choices=sorted(RECIPES))
-    parser.add_argument("--families", default="predictor-families", help="leave-one-family-out result to cite")
-    parser.add_argument("--out", default=str(default_predictor_path()))
-    args = parser.parse_args()
-    lofo = json.loads((RESULTS / f"{args.families}.json").read_text())  # the same head settings as its table
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    benches: Annotated[
+        list[str], typer.Option(default_factory=lambda: list(BENCHES), help="Bench directories, one per --benches.")
+    ],
+    recipe: Annotated[str, typer.Option(help=f"Recipe: {', '.join(sorted(RECIPES))}.")] = "graph-universal",
+    families: Annotated[str, typer.Option(help="Leave-one-family-out result to cite.")] = "predictor-families",
+    out: Annotated[str, typer.Option(help="Predictor file to write.")] = str(default_predictor_path()),
+) -> None:
+    if recipe not in RECIPES:
+        raise typer.BadParameter(f"{recipe!r} is not one of {', '.join(sorted(RECIPES))}", param_hint="'--recipe'")
+    lofo = load_numbers(families)  # the same head settings as its table
     combined = Path(tempfile.mkdtemp(prefix="nas-default-bench-"))
-    for i, bench in enumerate(args.benches):
+    for i, bench in enumerate(benches):
         for shard in sorted(Path(bench).glob("records-*.parquet")):
             (combined / f"records-{i}-{shard.name.removeprefix('records-')}").symlink_to(shard.resolve())
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "nas", "predictor", "train", "--bench", str(combined)]
-    cmd += ["--target", TARGETS, "--out", args.out, "--ensemble", str(lofo["args"]["ensemble"])]
+    cmd += ["--target", TARGETS, "--out", out, "--ensemble", str(lofo["args"]["ensemble"])]
     cmd += ["--max-steps", str(lofo["args"]["max_steps"])]
-    label, variant, needs_text = RECIPES[args.recipe]
+    label, variant, needs_text = RECIPES[recipe]
     cmd += [] if needs_text else ["--no-embedding"]
     for key, value in variant.items():
         flag = "--" + key.replace("_", "-")
@@ -57,26 +65,33 @@ def main() -> None:
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
     seconds = time.perf_counter() - start
-    pred = Predictor.load(args.out)
+    pred = Predictor.load(out)
     data = pred.meta["training_data"]
-    size = Path(args.out).stat().st_size / 2**20
-    figures = lofo["recipes"][args.recipe]["families"]
+    size = Path(out).stat().st_size / 2**20
+    figures = lofo["recipes"][recipe]["families"]
     held = "; ".join(
         f"{family} tau {np.mean(v['tau']):.3f} (FLOPs {lofo['baselines'][family]['tau']['FLOPs']:.3f})"
         for family, v in figures.items()
     )
     body = (
-        f"`{Path(args.out).name}` ({size:.1f} MiB), recipe `{args.recipe}` ({label}): trained on {data['records']} "
+        f"`{Path(out).name}` ({size:.1f} MiB), recipe `{recipe}` ({label}): trained on {data['records']} "
         f"records ({', '.join(f'{k}: {v}' for k, v in data['records_per_space'].items())}) of `{data['target']}` "
         f"(each record: the first of these columns it has), {len(pred.head.core) + len(pred.head.members)} MLPs, "
         f"{pred.meta['train_options']['loss']} loss within each family; {seconds / 60:.1f} min.\n\n"
-        f"**Its figures are its recipe's leave-one-family-out figures** (section `{args.families}`: trained without "
+        f"**Its figures are its recipe's leave-one-family-out figures** (section `{families}`: trained without "
         f"the family it is scored on), Kendall tau on each held-out family: {held}. The shipped file itself has seen "
         "every family, so scoring these benches with it is not a zero-shot figure (`nas predictor eval` says so)."
     )
-    record("default-predictor", "The shipped default predictor", body)
+    numbers = {
+        "file_mib": size,
+        "training_data": data,
+        "mlps": len(pred.head.core) + len(pred.head.members),
+        "train_s": seconds,
+        "leave_one_family_out": {"result": families, "recipe": recipe, "families": figures},
+    }
+    record("default-predictor", "The shipped default predictor", body, numbers)
     print(body)
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,4 +1,4 @@
-"""Benchmarks 1 and 3 of the proxy issue: every training-free proxy on NB201 cells, and the rank ensemble.
+"""Every training-free proxy on NB201 cells against the table's accuracy, and rank ensembles of them.
 
 ``--cells N`` random cells (seeded; 15625 = all) are built with the benchmark skeleton (C=16, N=5), each
 initialised with the same seed, and scored by every proxy on one fixed batch of 64 CIFAR-10 training images
@@ -16,7 +16,6 @@ below every finite value, so every cell counts in every correlation.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -24,9 +23,10 @@ import multiprocessing as mp
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 from scipy import stats
 
 from experiments.record import record
@@ -122,9 +122,9 @@ def recompute(out: Path, proxy: str, workers: int, batch_size: int, data_dir: st
     for r in records:
         r["values"][proxy] = new[r["arch"]]["values"][proxy]
         r["seconds"][proxy] = new[r["arch"]]["seconds"][proxy]
-    from nas.search import atomic_write_text
+    from nas_ground.atomic import atomic_write
 
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write(out, "".join(json.dumps(r) + "\n" for r in records))
     side.unlink()
     print(f"{out}: {proxy} recomputed for {len(records)} cells", flush=True)
 
@@ -139,9 +139,10 @@ def _ranked(values: np.ndarray) -> np.ndarray:
 
 def calibrated_ensemble(
     records: list[dict[str, Any]], truth: np.ndarray, calibration: int, max_members: int = 4
-) -> tuple[tuple[str, ...], list[str]]:
+) -> tuple[list[str], dict[str, Any]]:
     """Pick the ensemble (2..max_members proxies, mean rank) with the best CIFAR-10 rho on the first
-    ``calibration`` cells of the sample, then compare it with every single proxy on the other cells only."""
+    ``calibration`` cells of the sample, then compare it with every single proxy on the other cells only.
+    Returns the report lines and the figures."""
     calib, held = records[:calibration], records[calibration:]
 
     def ranks(rs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -162,13 +163,22 @@ def calibrated_ensemble(
         f"on the other {len(held)} cells it reaches rho {rho:.3f} (tau {tau:.3f}) and {verdict} every single proxy "
         f"on the same cells (best: {top}, rho {singles[top]:.3f})."
     ]
-    return best, lines
+    figures = {
+        "calibration_cells": len(calib),
+        "held_out_cells": len(held),
+        "candidate_sets": len(subsets),
+        "members": list(best),
+        "held_out_rho": rho,
+        "held_out_tau": tau,
+        "held_out_single_rho": singles,
+    }
+    return lines, figures
 
 
 def report(
     out: Path, v1_outs: list[Path], v1_batch: int, table_path: Path, key: str, cells: list[str], calibration: int
 ) -> None:
-    from nas.evaluators import load_nb201_table
+    from nas.tables import load_nb201_table
 
     order = {c: i for i, c in enumerate(cells)}
     records = sorted((r for r in read_records(out) if r["arch"] in order), key=lambda r: order[r["arch"]])
@@ -180,6 +190,7 @@ def report(
     truth = {name: np.array([table[r["arch"]][col] for r in records]) for name, col in TARGETS.items()}
     for label, members in ENSEMBLES.items():
         ranks[label] = np.mean([ranks[m] for m in members], axis=0)
+    rankers: dict[str, dict[str, Any]] = {}
     lines = [
         f"{n} NB201 cells (random, seed 0; {cells_requested} requested), benchmark skeleton C=16 N=5, one weight "
         "seed, one fixed batch of 64 CIFAR-10 training images; truth = NATS-Bench test accuracy (200 epochs). "
@@ -191,12 +202,16 @@ def report(
     best_single = -1.0
     for name, rank in ranks.items():
         cols = []
-        for t in truth.values():
+        rankers[name] = {"rho": {}, "tau": {}}
+        for target, t in truth.items():
             cols += [f"{spearman_rho(rank, t):.3f}", f"{kendall_tau(rank, t):.3f}"]
+            rankers[name]["rho"][target] = spearman_rho(rank, t)
+            rankers[name]["tau"][target] = kendall_tau(rank, t)
         if name in PROXIES:
             best_single = max(best_single, spearman_rho(rank, truth["CIFAR-10"]))
             secs = np.mean([r["seconds"][name] for r in records])
             extra = [f"{PUBLISHED[name]:.3f}" if name in PUBLISHED else "", f"{secs:.3f}", str(nonfinite[name])]
+            rankers[name].update(seconds_per_cell=secs, non_finite=nonfinite[name])
         else:
             extra = ["0.82" if name.startswith("published") else "", "(sum)", ""]
         lines.append(f"| {name} | " + " | ".join(cols + extra) + " |")
@@ -209,28 +224,46 @@ def report(
         f"against the published `naswot_score_v1`: Spearman {spearman_rho(ours, published):.3f}, "
         f"Kendall {kendall_tau(ours, published):.3f}."
     )
-    lines += v1_check(v1_outs, v1_batch, table)
+    check_lines, check = v1_check(v1_outs, v1_batch, table)
+    lines += check_lines
     for label in ENSEMBLES:
         rho = spearman_rho(ranks[label], truth["CIFAR-10"])
         verdict = "beats" if rho > best_single else "does NOT beat"
         lines.append(f"Ensemble {label}: CIFAR-10 rho {rho:.3f}, {verdict} the best single proxy ({best_single:.3f}).")
-    lines += calibrated_ensemble(records, truth["CIFAR-10"], calibration)[1]
+    calibrated_lines, calibrated = calibrated_ensemble(records, truth["CIFAR-10"], calibration)
+    lines += calibrated_lines
     body = "\n".join(lines)
     print(body)
-    record(key, "Training-free proxies on NAS-Bench-201", body)
+    numbers = {
+        "values_file": str(out),
+        "cells": n,
+        "cells_requested": cells_requested,
+        "targets": TARGETS,
+        "rankers": rankers,
+        "all_proxies_s_per_cell": total,
+        "naswot_v1_vs_published": {
+            "cells_with_published": int(np.isfinite(published).sum()),
+            "spearman": spearman_rho(ours, published),
+            "kendall": kendall_tau(ours, published),
+        },
+        "naswot_v1_reference_batch": check,
+        "calibrated_ensemble": calibrated,
+    }
+    record(key, "Training-free proxies on NAS-Bench-201", body, numbers)
 
 
-def v1_check(paths: list[Path], batch: int, table: dict[str, dict[str, float]]) -> list[str]:
+def v1_check(paths: list[Path], batch: int, table: dict[str, dict[str, float]]) -> tuple[list[str], dict[str, Any]]:
     """naswot_v1 at the reference batch size, one file per seed, against the published column.
 
     The published column is one draw per cell (one initialisation, one batch), so even an identical
     implementation's single seed is expected to agree with it only about as well as two of our seeds agree with
     each other; the mean rank over seeds estimates our score's expectation and is compared as well.
+    Returns the report lines and the figures.
     """
     runs = [{r["arch"]: r["values"]["naswot_v1"] for r in read_records(p)} for p in paths]
     runs = [run for run in runs if run]
     if not runs:
-        return []
+        return [], {}
     archs = [a for a in runs[0] if all(a in run for run in runs)]
     values = np.array([[run[a] for a in archs] for run in runs])  # seeds x cells
     published = np.array([table[a]["naswot_score_v1"] for a in archs])
@@ -239,6 +272,13 @@ def v1_check(paths: list[Path], batch: int, table: dict[str, dict[str, float]]) 
     singles = [spearman_rho(v[ok], published[ok]) for v in values]
     pairs = [spearman_rho(a, b) for a, b in itertools.combinations(values[:, ok], 2)]
     mean_rank = ranks.mean(axis=0)
+    figures: dict[str, Any] = {
+        "batch": batch,
+        "cells": len(archs),
+        "finite_in_both": int(ok.sum()),
+        "single_seed_spearman": singles,
+        "seed_pair_spearman": pairs,
+    }
     line = (
         f"Our naswot_v1 at batch {batch} (the reference code's default is 256, which the published scores fit: "
         f"the score is at most -batch, their maximum is -273.5), {len(archs)} cells, {int(ok.sum())} finite in "
@@ -251,46 +291,56 @@ def v1_check(paths: list[Path], batch: int, table: dict[str, dict[str, float]]) 
             f"mean rank over the {len(runs)} seeds against the published column: Spearman "
             f"{spearman_rho(mean_rank, published[ok]):.3f}, Kendall {kendall_tau(mean_rank, published[ok]):.3f}"
         )
-    return [line + " (target Spearman >= 0.95)."]
+        figures["mean_rank_vs_published"] = {
+            "spearman": spearman_rho(mean_rank, published[ok]),
+            "kendall": kendall_tau(mean_rank, published[ok]),
+        }
+    return [line + " (target Spearman >= 0.95)."], figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cells", type=int, default=3000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="runs/proxies-nb201/values.jsonl")
-    parser.add_argument("--v1-check", type=int, default=500, help="cells for naswot_v1 at the reference batch")
-    parser.add_argument("--v1-batch", type=int, default=256, help="the reference code's batch size")
-    parser.add_argument("--v1-seeds", type=int, default=4, help="seeds (weights and batch) of the naswot_v1 check")
-    parser.add_argument(
-        "--recompute", default=None, help="recompute this proxy for every cell already in --out (definition changed)"
-    )
-    parser.add_argument("--calibration", type=int, default=500, help="cells that choose the calibrated ensemble")
-    parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--key", default="proxies-nb201")
-    args = parser.parse_args()
-    from nas.data import resolve_data_dir
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
 
-    table_path = resolve_data_dir(args.data_dir) / "nb201" / "nb201.csv"
-    from nas.evaluators import load_nb201_table
+
+@app.command(help=__doc__)
+def main(
+    cells: Annotated[int, typer.Option(help="Random NB201 cells (seeded; 15625 = all).")] = 3000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Images in the fixed batch.")] = 64,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
+    out: Annotated[str, typer.Option(help="JSON-lines file of the proxy values.")] = "runs/proxies-nb201/values.jsonl",
+    v1_check: Annotated[int, typer.Option(help="Cells for naswot_v1 at the reference batch.")] = 500,
+    v1_batch: Annotated[int, typer.Option(help="The reference code's batch size.")] = 256,
+    v1_seeds: Annotated[int, typer.Option(help="Seeds (weights and batch) of the naswot_v1 check.")] = 4,
+    recompute_proxy: Annotated[
+        str | None,
+        typer.Option("--recompute", help="Recompute this proxy for every cell already in --out (definition changed)."),
+    ] = None,
+    calibration: Annotated[int, typer.Option(help="Cells that choose the calibrated ensemble.")] = 500,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Report from the values already computed.")
+    ] = False,
+    key: Annotated[str, typer.Option(help="Result to write (experiments/results/KEY.json).")] = "proxies-nb201",
+) -> None:
+    from nas_ground.data import resolve_data_dir
+
+    table_path = resolve_data_dir(data_dir) / "nb201" / "nb201.csv"
+    from nas.tables import load_nb201_table
 
     every = sorted(load_nb201_table(str(table_path)))
-    cells = random.Random(0).sample(every, min(args.cells, len(every)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    v1_outs = [out.with_name(f"{out.stem}-naswot_v1-b{args.v1_batch}-seed{k}.jsonl") for k in range(args.v1_seeds)]
-    if not args.report_only:
-        if args.recompute:
+    sample = random.Random(0).sample(every, min(cells, len(every)))
+    values = Path(out)
+    values.parent.mkdir(parents=True, exist_ok=True)
+    v1_outs = [values.with_name(f"{values.stem}-naswot_v1-b{v1_batch}-seed{k}.jsonl") for k in range(v1_seeds)]
+    if not report_only:
+        if recompute_proxy:
             from predictors.proxies import parse_proxy_names
 
-            recompute(out, parse_proxy_names(args.recompute)[0], args.workers, args.batch_size, args.data_dir)
-        compute(out, cells, args.workers, args.batch_size, args.data_dir)
+            recompute(values, parse_proxy_names(recompute_proxy)[0], workers, batch_size, data_dir)
+        compute(values, sample, workers, batch_size, data_dir)
         for k, path in enumerate(v1_outs):
-            compute(path, cells[: args.v1_check], args.workers, args.v1_batch, args.data_dir, k, ("naswot_v1",))
-    report(out, v1_outs, args.v1_batch, table_path, args.key, cells, args.calibration)
+            compute(path, sample[:v1_check], workers, v1_batch, data_dir, k, ("naswot_v1",))
+    report(values, v1_outs, v1_batch, table_path, key, sample, calibration)
 
 
 if __name__ == "__main__":
-    main()
+    app()

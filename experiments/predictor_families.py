@@ -13,16 +13,17 @@ a fine-tuned encoder + graph features); the winner is what the shipped default p
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
-from experiments.record import record
+from experiments.record import load_numbers, record, rerender
+from experiments.report import RESULTS
 from predictors.encoder import Encoder
 from predictors.metrics import kendall_tau, spearman_rho
 from predictors.predictor import TrainOptions
@@ -31,7 +32,6 @@ from predictors.training import BenchData, fit, identities, load_bench_data
 TARGETS = "cifar10_valid_acc,mean_acc,accuracy"  # NB201: 200-epoch validation; Macro: mean of 3 runs; trained runs
 FAMILY_NAMES = {"nb201": "NAS-Bench-201", "nbmacro": "NAS-Bench-Macro", "nasnet": "NASNet (trained, 1 epoch)"}
 TITLE = "Zero-shot across families: leave-one-family-out"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # name -> (description, options, needs the text embedding)
 SMALL = {"hidden": (16,), "weight_decay": 0.1}  # a small, strongly regularised MLP: less room for family quirks
@@ -68,7 +68,7 @@ def distinct(data: BenchData) -> BenchData:
     return data.subset(np.sort(first))
 
 
-def naswot_sample(data: BenchData, family: str, n: int, data_dir: str | None, cache: Path) -> dict[str, float]:
+def naswot_scores(data: BenchData, family: str, n: int, data_dir: str | None, cache: Path) -> dict[str, float]:
     """naswot through onnxruntime on ``n`` seeded-random networks of ``family`` (cached by arch in ``cache``)."""
     import torch
 
@@ -113,10 +113,11 @@ def subsample(data: BenchData, per_family: int) -> np.ndarray:
 
 
 def finetuned_data(
-    args: argparse.Namespace, data: BenchData, sample: np.ndarray, held_out: str, results: dict[str, Any]
+    data: BenchData, sample: np.ndarray, held_out: str, texts_per_family: int, root: str, results: dict[str, Any]
 ) -> BenchData:
     """The ``sample`` records embedded by an encoder fine-tuned (ranking loss within a family) on
-    ``args.finetune_texts`` texts of every family but ``held_out``: the held-out family's texts are never seen."""
+    ``texts_per_family`` texts of every family but ``held_out`` (the held-out family's texts are never seen); the
+    encoder is kept under ``root``."""
     from predictors.finetune import FinetuneOptions, finetune_encoder
 
     spaces = data.frame["space"].to_numpy()
@@ -125,9 +126,9 @@ def finetuned_data(
     pick = []
     for other in sorted(set(spaces) - {held_out}):
         idx = np.flatnonzero(spaces == other)
-        pick.append(np.sort(rng.choice(idx, min(args.finetune_texts, len(idx)), replace=False)))
+        pick.append(np.sort(rng.choice(idx, min(texts_per_family, len(idx)), replace=False)))
     train = np.concatenate(pick)
-    out = Path(args.finetune_dir) / f"without-{held_out}"
+    out = Path(root) / f"without-{held_out}"
     log = out.with_name(out.name + ".json")  # an encoder made by an earlier run is reused, with its timing
     if not log.is_file():
         start = time.perf_counter()
@@ -143,47 +144,73 @@ def finetuned_data(
     return BenchData(part.frame, part.target, embeddings, part.summaries)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--benches", nargs="+", default=[])
-    parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--seeds", default="0,1,2", help="head seeds (and training subsample seeds)")
-    parser.add_argument("--ensemble", type=int, default=3, help="MLPs per view")
-    parser.add_argument("--max-steps", type=int, default=600, help="optimizer steps per MLP")
-    parser.add_argument("--max-train", type=int, default=4000, help="training networks per family at most")
-    parser.add_argument(
-        "--finetune-texts",
-        type=int,
-        default=0,
-        help="fine-tune the encoder per held-out family on this many texts of each other family (0: no fine-tuning)",
-    )
-    parser.add_argument("--finetune-dir", default="runs/finetuned-encoders")
-    parser.add_argument("--finetune-sample", type=int, default=1000, help="networks per family of the fine-tuned rows")
-    parser.add_argument("--naswot-sample", type=int, default=300, help="networks per family scored by naswot")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--key", default="predictor-families")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the section from the last result")
-    parser.add_argument(
-        "--merge", action="store_true", help="keep the other recipes' rows of the last result (same data and settings)"
-    )
-    args = parser.parse_args()
-    if args.report_only:
-        saved = json.loads((RESULTS / f"{args.key}.json").read_text())
-        args = argparse.Namespace(**saved.pop("args"))
-        record(args.key, TITLE, _body(args, saved, [int(s) for s in args.seeds.split(",")]))
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    benches: Annotated[
+        list[str] | None, typer.Option(help="Bench directories, one per --benches (required unless --report-only).")
+    ] = None,
+    recipes: Annotated[str, typer.Option(help="Comma list of recipes.")] = ",".join(RECIPES),
+    seeds: Annotated[str, typer.Option(help="Head seeds (and training subsample seeds).")] = "0,1,2",
+    ensemble: Annotated[int, typer.Option(help="MLPs per view.")] = 3,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps per MLP.")] = 600,
+    max_train: Annotated[int, typer.Option(help="Training networks per family at most.")] = 4000,
+    finetune_texts: Annotated[
+        int,
+        typer.Option(
+            help="Fine-tune the encoder per held-out family on this many texts of each other family (0: none)."
+        ),
+    ] = 0,
+    finetune_dir: Annotated[str, typer.Option(help="Fine-tuned encoders (reused when there).")] = (
+        "runs/finetuned-encoders"
+    ),
+    finetune_sample: Annotated[int, typer.Option(help="Networks per family of the fine-tuned rows.")] = 1000,
+    naswot_sample: Annotated[int, typer.Option(help="Networks per family scored by naswot.")] = 300,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
+    key: Annotated[str, typer.Option(help="Result to write (experiments/results/KEY.json).")] = "predictor-families",
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Re-render the section from the stored result (same numbers).")
+    ] = False,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="Keep the other recipes' rows of the stored result (same data and settings)."),
+    ] = False,
+) -> None:
+    if report_only:
+        saved = load_numbers(key)
+        stored = saved.pop("args")
+        rerender(key, _body(stored, saved, [int(s) for s in stored["seeds"].split(",")]))
         return
-    if not args.benches:
-        parser.error("--benches is required (unless --report-only)")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    recipes = {name: RECIPES[name] for name in args.recipes.split(",") if name}
-    if args.finetune_texts:  # on a subsample: the frozen encoder beside the fine-tuned one, same networks
+    if not benches:
+        raise typer.BadParameter("required (unless --report-only)", param_hint="'--benches'")
+    settings: dict[str, Any] = {
+        "benches": benches,
+        "recipes": recipes,
+        "seeds": seeds,
+        "ensemble": ensemble,
+        "max_steps": max_steps,
+        "max_train": max_train,
+        "finetune_texts": finetune_texts,
+        "finetune_dir": finetune_dir,
+        "finetune_sample": finetune_sample,
+        "naswot_sample": naswot_sample,
+        "data_dir": data_dir,
+        "key": key,
+        "report_only": report_only,
+        "merge": merge,
+    }
+    seed_list = [int(s) for s in seeds.split(",")]
+    chosen = {name: RECIPES[name] for name in recipes.split(",") if name}
+    if finetune_texts:  # on a subsample: the frozen encoder beside the fine-tuned one, same networks
         for name in FINETUNED:
             label, variant, _ = RECIPES[name]
-            recipes[f"sample:frozen+{name}"] = (f"frozen MiniLM embedding + {label}", variant, True)
-            recipes[f"sample:finetuned+{name}"] = (f"fine-tuned encoder embedding + {label}", variant, True)
-    wants_text = any(needs for _, _, needs in recipes.values())
+            chosen[f"sample:frozen+{name}"] = (f"frozen MiniLM embedding + {label}", variant, True)
+            chosen[f"sample:finetuned+{name}"] = (f"fine-tuned encoder embedding + {label}", variant, True)
+    wants_text = any(needs for _, _, needs in chosen.values())
     t0 = time.perf_counter()
-    data = distinct(load_bench_data(args.benches, TARGETS, embed=wants_text, show_progress=True))
+    data = distinct(load_bench_data(benches, TARGETS, embed=wants_text, show_progress=True))
     load_s = time.perf_counter() - t0
     families = sorted(data.frame["space"].unique())
     sizes = {f: int((data.frame["space"] == f).sum()) for f in families}
@@ -203,9 +230,9 @@ def main() -> None:
             "FLOPs": spearman_rho(part.frame["flops"].to_numpy(float), y),
             "V-PCA (vpca, onnxruntime)": spearman_rho(part.frame["act_vpca"].to_numpy(float), y),
         }
-        if args.naswot_sample:
+        if naswot_sample:
             cache = Path("runs") / "naswot-onnx.json"
-            nw = naswot_sample(data, family, args.naswot_sample, args.data_dir, cache)
+            nw = naswot_scores(data, family, naswot_sample, data_dir, cache)
             keys = (family + "|" + part.frame["arch"].astype(str)).to_numpy()
             mask = np.asarray([k in nw for k in keys])
             vals = np.asarray([nw.get(k, np.nan) for k in keys], dtype=float)
@@ -214,11 +241,11 @@ def main() -> None:
         results["baselines"][family] = {"tau": base, "rho": base_rho}
         print(family, {k: round(v, 3) for k, v in base.items()})
     tuned: dict[str, BenchData] = {}
-    sample = subsample(data, args.finetune_sample)
-    if args.finetune_texts:
-        tuned = {f: finetuned_data(args, data, sample, f, results) for f in families}
+    sample = subsample(data, finetune_sample)
+    if finetune_texts:
+        tuned = {f: finetuned_data(data, sample, f, finetune_texts, finetune_dir, results) for f in families}
         results["finetune_sample"] = {f: int((data.frame["space"].to_numpy()[sample] == f).sum()) for f in families}
-    for name, (label, variant, needs_text) in recipes.items():
+    for name, (label, variant, needs_text) in chosen.items():
         per_family: dict[str, Any] = {}
         for family in families:
             if name.startswith("sample:"):
@@ -227,18 +254,18 @@ def main() -> None:
                 source = data
             spaces = source.frame["space"].to_numpy()
             taus, rhos = [], []
-            for seed in seeds:
+            for seed in seed_list:
                 rng = np.random.default_rng(seed)
                 train = []
                 for other in families:
                     if other == family:
                         continue
                     idx = np.flatnonzero(spaces == other)
-                    if len(idx) > args.max_train:
-                        idx = np.sort(rng.choice(idx, args.max_train, replace=False))
+                    if len(idx) > max_train:
+                        idx = np.sort(rng.choice(idx, max_train, replace=False))
                     train.append(idx)
                 options = replace(
-                    TrainOptions(seed=seed, ensemble=args.ensemble, max_steps=args.max_steps, use_embedding=needs_text),
+                    TrainOptions(seed=seed, ensemble=ensemble, max_steps=max_steps, use_embedding=needs_text),
                     **variant,
                 )
                 predictor = fit(source, np.concatenate(train), options)
@@ -249,34 +276,31 @@ def main() -> None:
             per_family[family] = {"tau": taus, "rho": rhos}
             print(name, family, f"tau {np.mean(taus):.3f} +- {np.std(taus):.3f}")
         results["recipes"][name] = {"label": label, "families": per_family}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{args.key}.json"
-    results["commands"] = [_command(vars(args))]
-    if args.merge and path.is_file():
-        before = json.loads(path.read_text())
+    results["commands"] = [_command(settings)]
+    if merge and (RESULTS / f"{key}.json").is_file():
+        before = load_numbers(key)
         results["commands"] = before.get("commands", [_command(before["args"])]) + results["commands"]
         if before["families"] != results["families"]:
-            raise SystemExit(f"--merge: {path} was measured on other data ({before['families']})")
+            raise SystemExit(f"--merge: result {key} was measured on other data ({before['families']})")
         results["recipes"] = {**before["recipes"], **results["recipes"]}
-        for key in ("finetune", "finetune_sample"):
-            if key in before and key not in results:
-                results[key] = before[key]
-        args.finetune_texts = args.finetune_texts or before["args"]["finetune_texts"]
-        args.finetune_sample = before["args"]["finetune_sample"]
-        args.recipes = ",".join(results["recipes"])
-    (RESULTS / f"{args.key}.json").write_text(json.dumps({"args": vars(args), **results}, indent=1))
-    record(args.key, TITLE, _body(args, results, seeds))
+        for part in ("finetune", "finetune_sample"):
+            if part in before and part not in results:
+                results[part] = before[part]
+        settings["finetune_texts"] = finetune_texts or before["args"]["finetune_texts"]
+        settings["finetune_sample"] = before["args"]["finetune_sample"]
+        settings["recipes"] = ",".join(results["recipes"])
+    record(key, TITLE, _body(settings, results, seed_list), {"args": settings, **results})
 
 
 def _command(options: dict[str, Any]) -> str:
     """The command line that measured a result, from its options."""
     parts = ["python -m experiments.predictor_families"]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             parts += [flag] if value else []
         elif isinstance(value, list):
-            parts += [flag, *map(str, value)]
+            parts += [part for v in value for part in (flag, str(v))]
         elif value not in (None, ""):
             parts += [flag, str(value)]
     return " ".join(parts)
@@ -286,7 +310,72 @@ def _ms(values: list[float]) -> str:
     return f"{np.mean(values):.3f} +- {np.std(values):.3f}"
 
 
-def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -> str:
+def _versus(values: list[float], other: list[float] | float) -> str:
+    """How the seeds' ``values`` stand against ``other`` (seeds, or one untrained figure): above or below only when
+    mean +- std of the two do not overlap."""
+    others = other if isinstance(other, list) else [other]
+    low, high = np.mean(values) - np.std(values), np.mean(values) + np.std(values)
+    if low > np.mean(others) + np.std(others):
+        return "above"
+    if high < np.mean(others) - np.std(others):
+        return "**below**"
+    return "within the seed spread of"
+
+
+def _reading(results: dict[str, Any]) -> str:
+    """What the table says, each comparison with the seeds' spread (mean +- std over head seeds)."""
+    families = list(results["families"])
+    full = {k: v for k, v in results["recipes"].items() if not k.startswith("sample:")}
+    # per recipe, per seed: the mean tau over the held-out families
+    overall = {k: list(np.mean([rec["families"][f]["tau"] for f in families], axis=0)) for k, rec in full.items()}
+    ranked = sorted(overall, key=lambda k: -float(np.mean(overall[k])))
+    best = ranked[0]
+    text = (
+        "Reading (mean +- std over head seeds; above or below only where the two ranges do not overlap): the best "
+        f"recipe by mean held-out tau over the families is `{best}` ({_ms(overall[best])}"
+    )
+    if len(ranked) > 1:
+        runner = ranked[1]
+        relation = _versus(overall[best], overall[runner]).replace("**", "")
+        text += f"; {relation} `{runner}`, the next, {_ms(overall[runner])}"
+    verdicts = []
+    for f in families:
+        taus = full[best]["families"][f]["tau"]
+        base = results["baselines"][f]["tau"]
+        vpca = next(v for k, v in base.items() if k.startswith("V-PCA"))
+        verdicts.append(
+            f"{FAMILY_NAMES.get(f, f)} {_ms(taus)}: {_versus(taus, base['FLOPs'])} FLOPs ({base['FLOPs']:.3f}), "
+            f"{_versus(taus, vpca)} V-PCA alone ({vpca:.3f})"
+        )
+    text += "); per family " + "; ".join(verdicts) + "."
+    both_views = [k for k in ("graph", "text+graph") if k in full]
+    if both_views and all(
+        _versus(full[k]["families"][f]["tau"], results["baselines"][f]["tau"]["#params"]) == "**below**"
+        for k in both_views
+        for f in families
+    ):
+        text += (
+            " Operator shares and WL counts do not transfer: the both-views rows ("
+            + ", ".join(f"`{k}`" for k in both_views)
+            + ") fall below #params on every family."
+        )
+    if "text+graph-universal" in full and "graph-universal" in full:
+        with_text, without = full["text+graph-universal"]["families"], full["graph-universal"]["families"]
+        text += (
+            " The text embedding beside the scale and activation features (`text+graph-universal` against "
+            "`graph-universal`): "
+            + "; ".join(
+                f"{FAMILY_NAMES.get(f, f)} {_ms(with_text[f]['tau'])}, "
+                f"{_versus(with_text[f]['tau'], without[f]['tau']).replace('**', '')} {_ms(without[f]['tau'])}"
+                for f in families
+            )
+            + "."
+        )
+    return text + "\n\n"
+
+
+def _body(settings: dict[str, Any], results: dict[str, Any], seeds: list[int]) -> str:
+    """The section, from the settings and figures of a result."""
     families = list(results["families"])
     head = "| ranker | " + " | ".join(
         f"{FAMILY_NAMES.get(f, f)} ({results['families'][f]}) tau / rho" for f in families
@@ -309,7 +398,7 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
     tuned = results.get("finetune", {})
     finetune = (
         "`sample:` rows (fine-tuned encoder, and the frozen one beside it on the same networks): a seeded sample of "
-        f"at most {args.finetune_sample} distinct networks per family "
+        f"at most {settings['finetune_sample']} distinct networks per family "
         f"({', '.join(f'{k}: {v}' for k, v in results.get('finetune_sample', {}).items())}), trained and scored as "
         "above within the sample; for each held-out family its own encoder, all-MiniLM-L6-v2 fine-tuned 1 epoch "
         "(batch 16, lr 2e-5, margin ranking loss within a family, CPU) on the `compact` texts of the other "
@@ -320,30 +409,11 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
         else ""
     )
     commands = "".join(f"\n- `{c}`" for c in results.get("commands", []))
-    full = {k: v for k, v in results["recipes"].items() if not k.startswith("sample:")}
-    best = max(full, key=lambda k: np.mean([np.mean(full[k]["families"][f]["tau"]) for f in families]))
-    verdicts = []
-    for f in families:
-        tau = float(np.mean(full[best]["families"][f]["tau"]))
-        base = results["baselines"][f]["tau"]
-        vpca = next(v for k, v in base.items() if k.startswith("V-PCA"))
-        verdicts.append(
-            f"{FAMILY_NAMES.get(f, f)} {tau:.3f}: "
-            + ("above" if tau > base["FLOPs"] else "**below**")
-            + f" FLOPs ({base['FLOPs']:.3f}), "
-            + ("above" if tau > vpca else "**not above**")
-            + f" V-PCA alone ({vpca:.3f})"
-        )
-    reading = (
-        f"Reading: the best recipe by mean held-out tau over the families is `{best}`; per family "
-        + "; ".join(verdicts)
-        + ". Operator shares and WL counts do not transfer (the both-views rows fall below #params); the text "
-        "embedding adds to the scale and activation features on NAS-Bench-Macro, not on NB201.\n\n"
-    )
     return (
         (f"Rows measured by:{commands}\n\n" if len(results.get("commands", [])) > 1 else "")
         + "Each column is one family held out: the predictor is trained on all the other families (at most "
-        f"{args.max_train} distinct networks each, ranking loss within a family, two views of {args.ensemble} MLPs) "
+        f"{settings['max_train']} distinct networks each, ranking loss within a family, two views of "
+        f"{settings['ensemble']} MLPs) "
         "and scores every distinct network of the held-out family (one record per architecture identity: "
         "isomorphic NB201 cells and equal Macro strings count once). Targets: NB201 CIFAR-10 validation accuracy "
         "(200 epochs); NAS-Bench-Macro mean test accuracy of its 3 runs; NASNet the validation accuracy of one "
@@ -352,7 +422,7 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
         + "\n".join(lines)
         + "\n\n"
         + finetune
-        + reading
+        + _reading(results)
         + "Targets: held-out NB-Macro tau >= 0.65, held-out NB201 tau >= 0.60, no family below its FLOPs row. "
         "Published anchors (Macro, all 3,969 networks, vs mean accuracy): #params 0.215, FLOPs 0.546, minus the "
         "number of identity layers 0.679, run-to-run noise ceiling 0.880."
@@ -360,4 +430,4 @@ def _body(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) -
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,24 +1,25 @@
-"""Benchmarks 3 and 5 of the predictor issue, on the NASNet space with the quick-start training budget.
+"""The NB201-only predictor on the NASNet space with the quick-start training budget: as a screen, and zero-shot.
 
-5. `predictor+train` against `train` alone with the same wall-clock budget per search (``--minutes``), objectives
+1. `predictor+train` against `train` alone with the same wall-clock budget per search (``--minutes``), objectives
    accuracy:max and params:min, one search per seed and arm, run one after another on a quiet machine; the figure
    is the hypervolume of each final Pareto front (validation accuracy in % x params, reference point:
    accuracy 0 and the largest params seen in any arm, so both arms are measured in the same box).
-3. Every candidate trained by those searches (fixed budget: 1 epoch on 5000 images, 1000 validation images) is
-   harvested into a NASNet bench; the predictor trained on NB201 only (``--predictor``) is scored on them: Kendall
-   tau against their validation accuracy, beside #params and FLOPs on the same networks.
+2. Transfer across spaces: every candidate trained by those searches (fixed budget: 1 epoch on 5000 images, 1000
+   validation images) is harvested into a NASNet bench; the predictor trained on NB201 only (``--predictor``) is
+   scored on them: Kendall tau against their validation accuracy, beside #params and FLOPs on the same networks.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from experiments.record import record
 from predictors.metrics import kendall_tau, spearman_rho
@@ -46,31 +47,36 @@ def hypervolume(points: list[tuple[float, float]], ref_params: float) -> float:
     return area / (100.0 * ref_params)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--predictor", required=True, help="predictor trained on NB201 only")
-    parser.add_argument("--minutes", type=float, default=5.0)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--root", default="runs/predictor-nasnet")
-    parser.add_argument("--bench", default="runs/bench-nasnet")
-    parser.add_argument("--skip-search", action="store_true", help="reuse the runs under --root")
-    parser.add_argument("--search-note", default="", help="what to say about reused runs (with --skip-search)")
-    parser.add_argument("--extra-predictors", nargs="*", default=[], help="more NB201-only predictors to score")
-    args = parser.parse_args()
-    root = Path(args.root)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    arms = {"train": [], "predictor+train": ["--predictor", args.predictor]}
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    predictor: Annotated[str, typer.Option(help="Predictor trained on NB201 only.")],
+    minutes: Annotated[float, typer.Option(help="Wall-clock minutes per search.")] = 5.0,
+    seeds: Annotated[str, typer.Option(help="Comma list of search seeds.")] = "0,1,2",
+    root: Annotated[str, typer.Option(help="Run directories of the searches.")] = "runs/predictor-nasnet",
+    bench: Annotated[str, typer.Option(help="NASNet bench harvested from the searches.")] = "runs/bench-nasnet",
+    skip_search: Annotated[bool, typer.Option("--skip-search", help="Reuse the runs under --root.")] = False,
+    search_note: Annotated[str, typer.Option(help="What to say about reused runs (with --skip-search).")] = "",
+    extra_predictors: Annotated[
+        list[str] | None, typer.Option(help="More NB201-only predictors to score (repeat the option).")
+    ] = None,
+) -> None:
+    extra_predictors = extra_predictors or []
+    seed_list = [int(s) for s in seeds.split(",")]
+    arms = {"train": [], "predictor+train": ["--predictor", predictor]}
     runs: dict[tuple[str, int], Path] = {}
-    for seed in seeds:
+    for seed in seed_list:
         for arm, extra in arms.items():
-            run = root / f"{arm.replace('+', '-')}-s{seed}"
+            run = Path(root) / f"{arm.replace('+', '-')}-s{seed}"
             runs[arm, seed] = run
-            if args.skip_search:
+            if skip_search:
                 continue
             start = time.perf_counter()
             _run(
                 ["search", "--space", "nasnet", "--evaluator", arm, "--trials", "100000", "--seed", str(seed),
-                 "--timeout", str(args.minutes * 60), "--run-dir", str(run), *extra]
+                 "--timeout", str(minutes * 60), "--run-dir", str(run), *extra]
             )  # fmt: skip
             print(arm, seed, f"{time.perf_counter() - start:.0f}s", flush=True)
     points = {
@@ -81,26 +87,30 @@ def main() -> None:
     ref = max(p for pts in points.values() for _, p in pts)
     rows: list[str] = []
     hv: dict[str, list[float]] = {arm: [] for arm in arms}
+    searches = []
     for (arm, seed), pts in points.items():
         value = hypervolume(pts, ref)
         hv[arm].append(value)
         rows.append(f"| {arm} | {seed} | {len(pts)} | {screened[arm, seed]} | {value:.4f} |")
-    # Benchmark 3: harvest and score with the NB201-only predictor.
-    _run(["bench", "harvest", *[str(r) for r in runs.values()], "--out", args.bench])
+        searches.append(
+            {"arm": arm, "seed": seed, "trained": len(pts), "screened_out": screened[arm, seed], "hypervolume": value}
+        )
+    # Transfer across spaces: harvest and score with the NB201-only predictor.
+    _run(["bench", "harvest", *[str(r) for r in runs.values()], "--out", bench])
     from predictors.predictor import Predictor
     from predictors.training import load_bench_data
 
-    predictor = Predictor.load(args.predictor)
-    data = load_bench_data(args.bench, "accuracy", space="nasnet", text_format=predictor.text_format)
-    scores = predictor.score_embeddings(data.embeddings, data.summaries)
+    screen = Predictor.load(predictor)
+    data = load_bench_data(bench, "accuracy", space="nasnet", text_format=screen.text_format)
+    scores = screen.score_embeddings(data.embeddings, data.summaries)
     y = data.y
     transfer = {
-        f"predictor (NB201 only, `{Path(args.predictor).name}`)": scores,
+        f"predictor (NB201 only, `{Path(predictor).name}`)": scores,
         **{
             f"predictor (NB201 only, `{Path(p).name}`)": Predictor.load(p).score_embeddings(
                 data.embeddings, data.summaries
             )
-            for p in args.extra_predictors
+            for p in extra_predictors
         },
         "#params": data.frame["params"].to_numpy(float),
         "FLOPs": data.frame["flops"].to_numpy(float),
@@ -108,11 +118,11 @@ def main() -> None:
     t_rows = [f"| {k} | {kendall_tau(v, y):.3f} | {spearman_rho(v, y):.3f} |" for k, v in transfer.items()]
     body = (
         f"NASNet space, quick-start network and budget (C=8, N=1; 1 epoch on 5000 CIFAR-10 images, 1000 validation "
-        f"images), nsga2, objectives accuracy:max + params:min, **{args.minutes:g} min wall clock per search**, seeds "
-        f"{seeds}, one search at a time on the 2 cores. `predictor+train` screens each candidate with the NB201-only "
-        "predictor and trains it only when its (score, params) is not dominated by an earlier screened candidate "
-        "(10% of the others trained anyway)."
-        + (f" {args.search_note}" if args.skip_search and args.search_note else "")
+        f"images), nsga2, objectives accuracy:max + params:min, **{minutes:g} min wall clock per search**, seeds "
+        f"{seed_list}, one search at a time on the 2 cores. `predictor+train` screens each candidate with the "
+        "NB201-only predictor and trains it only when its (score, params) is not dominated by an earlier screened "
+        "candidate (10% of the others trained anyway)."
+        + (f" {search_note}" if skip_search and search_note else "")
         + "\n\n"
         "| evaluator | seed | trained | screened out | hypervolume |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
@@ -120,14 +130,23 @@ def main() -> None:
         + " ".join(f"**{arm}: {np.mean(v):.4f} +- {np.std(v):.4f}**." for arm, v in hv.items())
         + f" Hypervolume of (validation accuracy, params) fronts, reference point (0, {ref:.0f} params), normalised "
         "to the box; higher is better.\n\n"
-        f"Transfer across spaces (benchmark 3): {len(y)} trained NASNet candidates harvested from these searches "
-        f"(`{args.bench}`, {data.frame['arch'].nunique()} distinct architectures), their validation accuracy after the "
+        f"Transfer across spaces: {len(y)} trained NASNet candidates harvested from these searches "
+        f"(`{bench}`, {data.frame['arch'].nunique()} distinct architectures), their validation accuracy after the "
         "fixed budget as ground truth (one training run each, so it carries seed noise):\n\n"
         "| ranker | Kendall tau | Spearman rho |\n|---|---|---|\n" + "\n".join(t_rows)
     )
-    record("predictor-nasnet", "Predictor on NASNet: transfer across spaces and predictor+train", body)
+    numbers = {
+        "reference_params": ref,
+        "searches": searches,
+        "transfer": {
+            "candidates": len(y),
+            "distinct_architectures": int(data.frame["arch"].nunique()),
+            "rankers": {k: {"tau": kendall_tau(v, y), "rho": spearman_rho(v, y)} for k, v in transfer.items()},
+        },
+    }
+    record("predictor-nasnet", "Predictor on NASNet: transfer across spaces and predictor+train", body, numbers)
     print(body)
 
 
 if __name__ == "__main__":
-    main()
+    app()

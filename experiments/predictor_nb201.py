@@ -1,4 +1,4 @@
-"""Benchmarks 1 and 2 of the predictor issue: in-space ranking on NB201 and transfer across data sets.
+"""The zero-shot predictor on NB201: in-space ranking and transfer across data sets.
 
 For each training fraction (1%, 5%, 10%, 50% of the 15,625 cells) and seed (0, 1, 2), a predictor is trained
 on the cells of randomly drawn isomorphism classes until it holds that share (target: CIFAR-10 validation accuracy,
@@ -10,10 +10,11 @@ cells as baselines.
 
 from __future__ import annotations
 
-import argparse
 import time
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
 from experiments.record import record
 from predictors.metrics import kendall_tau, precision_at_k, spearman_rho
@@ -28,33 +29,40 @@ def _ms(values: list[float]) -> str:
     return f"{np.mean(values):.3f} +- {np.std(values):.3f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bench", required=True)
-    parser.add_argument("--fractions", default="0.01,0.05,0.1,0.5")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--loss", default="ranking")
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--ensemble", type=int, default=3, help="MLPs per view")
-    parser.add_argument("--ablation-fractions", default="0.01,0.05", help="fractions for the ablation table")
-    parser.add_argument("--key", default="predictor-nb201")
-    args = parser.parse_args()
-    fractions = [float(f) for f in args.fractions.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    bench: Annotated[str, typer.Option(help="NB201 bench directory.")],
+    fractions: Annotated[str, typer.Option(help="Comma list of training shares of the 15,625 cells.")] = (
+        "0.01,0.05,0.1,0.5"
+    ),
+    seeds: Annotated[str, typer.Option(help="Comma list of split and head seeds.")] = "0,1,2",
+    loss: Annotated[str, typer.Option(help="Training loss of the head.")] = "ranking",
+    epochs: Annotated[int, typer.Option(help="Training epochs of the head.")] = 300,
+    ensemble: Annotated[int, typer.Option(help="MLPs per view.")] = 3,
+    ablation_fractions: Annotated[str, typer.Option(help="Fractions for the ablation table.")] = "0.01,0.05",
+    key: Annotated[str, typer.Option(help="Result to write (experiments/results/KEY.json).")] = "predictor-nb201",
+) -> None:
+    shares = [float(f) for f in fractions.split(",")]
+    seed_list = [int(s) for s in seeds.split(",")]
     t0 = time.perf_counter()
-    data = load_bench_data(args.bench, "cifar10_valid_acc", space="nb201", show_progress=True)
+    data = load_bench_data(bench, "cifar10_valid_acc", space="nb201", show_progress=True)
     embed_s = time.perf_counter() - t0
     n = len(data.y)
     ids = identities(data.frame)
     if len(set(ids)) == n:
         raise SystemExit("the bench has no NB201 isomorphism classes (identity column): rebuild it (nas bench build)")
-    options = {"loss": args.loss, "epochs": args.epochs, "ensemble": args.ensemble}
+    options = {"loss": loss, "epochs": epochs, "ensemble": ensemble}
     rows, transfer_rows = [], []
-    for frac in fractions:
+    numbers: dict[str, Any] = {"cells": n, "classes": len(set(ids)), "embed_s": embed_s, "seeds": seed_list}
+    numbers["fractions"], numbers["ablation"] = [], []
+    for frac in shares:
         samples = max(2, round(frac * NB201_CELLS))
         figs: dict[str, list[float]] = {}
         fit_s = []
-        for seed in seeds:
+        for seed in seed_list:
             train_idx, held = split(ids, samples, seed)
             start = time.perf_counter()
             predictor = fit(data, train_idx, TrainOptions(seed=seed, **options))
@@ -75,6 +83,7 @@ def main() -> None:
                     kendall_tau(part.frame["params"].to_numpy(float), other)
                 )
         print(frac, {k: round(float(np.mean(v)), 3) for k, v in figs.items()}, f"fit {np.mean(fit_s):.1f}s")
+        numbers["fractions"].append({"fraction": frac, "train_cells": samples, "per_seed": figs, "fit_s": fit_s})
         rows.append(
             f"| {frac:.0%} ({samples}) | **{_ms(figs['tau'])}** | {_ms(figs['rho'])} | {_ms(figs['p@100'])} | "
             f"{_ms(figs['tau_params'])} | {_ms(figs['tau_flops'])} | {_ms(figs['tau_act_vpca'])} | "
@@ -88,7 +97,7 @@ def main() -> None:
             + " |"
         )
     ablation = []
-    for frac in [float(f) for f in args.ablation_fractions.split(",") if f]:
+    for frac in [float(f) for f in ablation_fractions.split(",") if f]:
         samples = max(2, round(frac * NB201_CELLS))
         for label, variant in (
             ("core view only (embedding + scale, activation, operator features)", {"core_weight": 1.0}),
@@ -96,19 +105,20 @@ def main() -> None:
             ("graph features only (both views, no text embedding)", {"use_embedding": False}),
         ):
             taus = []
-            for seed in seeds:
+            for seed in seed_list:
                 train_idx, held = split(ids, samples, seed)
                 predictor = fit(data, train_idx, TrainOptions(seed=seed, **options, **variant))
                 part = data.subset(held)
                 taus.append(kendall_tau(predictor.score_embeddings(part.embeddings, part.summaries), part.y))
             print("ablation", frac, label, round(float(np.mean(taus)), 3))
             ablation.append(f"| {frac:.0%} ({samples}) | {label} | {_ms(taus)} |")
+            numbers["ablation"].append({"fraction": frac, "train_cells": samples, "inputs": label, "tau": taus})
     setting = (
-        f"head: two views of {args.ensemble} MLPs {TrainOptions().hidden} each, weighted "
+        f"head: two views of {ensemble} MLPs {TrainOptions().hidden} each, weighted "
         f"{TrainOptions().core_weight} / {1 - TrainOptions().core_weight}: the core view reads the all-MiniLM-L6-v2 "
         "embedding of the `compact` text, scale features, operator shares and the activation features (V-PCA of "
         "the ONNX file on 8 shipped probe images, onnxruntime); the full view also 512 hashed Weisfeiler-Lehman "
-        f"counts of the ONNX graph; {args.loss} loss, {args.epochs} epochs; seeds {seeds} (split and head); "
+        f"counts of the ONNX graph; {loss} loss, {epochs} epochs; seeds {seed_list} (split and head); "
         "mean +- std over seeds"
     )
     body = (
@@ -123,7 +133,7 @@ def main() -> None:
         + f") until it holds the given share of the {NB201_CELLS} cells, and evaluated on one cell of "
         "**every other class**: no held-out cell has an isomorphic twin in training, none is counted twice; "
         f"{setting}. Embedding the {n} texts took {embed_s / 60:.1f} min (cache state at the start decides: "
-        "see the throughput section for cold figures).\n\n"
+        "see section `predictor-throughput-nb201` for cold figures).\n\n"
         "| train cells | Kendall tau | Spearman rho | precision@100 | tau #params | tau FLOPs | tau V-PCA feature | "
         "fit s |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "`tau V-PCA feature`: the activation feature `act_vpca` alone, untrained, on the same held-out cells.\n\n"
@@ -136,9 +146,9 @@ def main() -> None:
         "| train cells | tau CIFAR-100 | rho CIFAR-100 | tau #params CIFAR-100 | tau ImageNet16-120 | "
         "rho ImageNet16-120 | tau #params ImageNet16-120 |\n|---|---|---|---|---|---|---|\n" + "\n".join(transfer_rows)
     )
-    record(args.key, "Zero-shot predictor on NB201: in-space ranking and transfer across data sets", body)
+    record(key, "Zero-shot predictor on NB201: in-space ranking and transfer across data sets", body, numbers)
     print(body)
 
 
 if __name__ == "__main__":
-    main()
+    app()

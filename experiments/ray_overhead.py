@@ -1,4 +1,4 @@
-"""Issue 7: what running trials as Ray tasks costs and gains, and what it would give on a GPU cluster.
+"""What running trials as Ray tasks costs and gains, and what it would give on a GPU cluster.
 
 (1) Overhead: completed trials per second with the NB201 `table` evaluator (an evaluation takes
 microseconds, so the loop itself is measured), local loop vs Ray with 1 and 2 workers; ray.init is
@@ -9,7 +9,6 @@ quick-start search with ``--gpus-per-trial 0.25``, from (1) and a measured NASNe
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -18,14 +17,15 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import optuna
 import ray
 import torch
+import typer
 
 from experiments.record import record
-from nas.cli import QUICK_NETWORK, QUICK_TRAIN
+from nas.cli.search import QUICK_NETWORK, QUICK_TRAIN
 from nas.evaluators import make_evaluator
 from nas.search import Search, SearchConfig
 from search_spaces import get_space
@@ -102,34 +102,37 @@ def nasnet_trial_seconds(data_dir: str | None) -> tuple[float, float]:
     return time.perf_counter() - start, metrics["train_seconds"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--trials", type=int, default=200, help="trials per overhead run")
-    parser.add_argument("--train-trials", type=int, default=8, help="trials per training run")
-    parser.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR"))
-    parser.add_argument("--dry-run", action="store_true", help="print the section instead of recording it")
-    args = parser.parse_args()
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    trials: Annotated[int, typer.Option(help="Trials per overhead run.")] = 200,
+    train_trials: Annotated[int, typer.Option(help="Trials per training run.")] = 8,
+    data_dir: Annotated[str | None, typer.Option(envvar="NAS_DATA_DIR", help="Data directory.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the section instead of recording it.")] = False,
+) -> None:
     optuna.logging.set_verbosity(logging.WARNING)
     load_start = os.getloadavg()
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, over in [("local loop", {}), ("Ray, 1 worker", {"workers": 1}), ("Ray, 2 workers", {"workers": 2})]:
-            cfg = base_config(Path(tmp) / f"table-{len(runs)}", args.data_dir, trials=args.trials, **over)
+            cfg = base_config(Path(tmp) / f"table-{len(runs)}", data_dir, trials=trials, **over)
             runs[name] = timed_search(cfg)
             print(name, runs[name], flush=True)
         train: dict[str, dict[str, Any]] = {}
         for name, over in [("Ray, 1 worker", {"workers": 1}), ("Ray, 2 workers", {"workers": 2})]:
             cfg = base_config(
                 Path(tmp) / f"train-{len(train)}",
-                args.data_dir,
+                data_dir,
                 evaluator="train",
-                trials=args.train_trials,
+                trials=train_trials,
                 evaluator_options=TINY_TRAIN,
                 **over,
             )
             train[name] = timed_search(cfg)
             print(name, train[name], flush=True)
-    nasnet_s, nasnet_train_s = nasnet_trial_seconds(args.data_dir)
+    nasnet_s, nasnet_train_s = nasnet_trial_seconds(data_dir)
     print("nasnet trial", nasnet_s, nasnet_train_s, flush=True)
     load_end = os.getloadavg()
 
@@ -160,7 +163,7 @@ Load average at start {load_start[0]:.2f} / {load_start[1]:.2f} / {load_start[2]
 started by the search (`ray.init(address="local", num_cpus=workers, include_dashboard=False)`), journal storage,
 random sampler (seed 0), objectives accuracy:max, params:min.
 
-**(1) Overhead, NB201 `table` evaluator** ({args.trials} trials per run; an evaluation takes
+**(1) Overhead, NB201 `table` evaluator** ({trials} trials per run; an evaluation takes
 {ray1["eval_s"] * 1e3:.2f} ms in the worker). Rates are completed trials per second of the loop (first trial asked
 to last told); ray.init is not in them, it is its own column; "steady" leaves out the first tenth of the trials, in
 which each worker process builds its evaluator (reads the 15,625-row table).
@@ -176,7 +179,7 @@ trials.csv).
 
 **(2) Speed-up with real training**: NB201 `train` evaluator, {TINY_TRAIN["channels"]} channels,
 {TINY_TRAIN["cells_per_stage"]} cell per stage, {TINY_TRAIN["train_images"]} training images x
-{TINY_TRAIN["epochs"]} epoch, {TINY_TRAIN["val_images"]} validation images, {args.train_trials} trials (the same
+{TINY_TRAIN["epochs"]} epoch, {TINY_TRAIN["val_images"]} validation images, {train_trials} trials (the same
 architectures in both runs: same sampler seed), one torch thread per worker (`--cpus-per-trial 1`).
 
 | Ray | trials | loop s | mean evaluation s (in the worker) | ray.init s |
@@ -196,18 +199,27 @@ the cores, and each worker loads CIFAR-10 once, inside the loop).
   {overhead_ms:.1f} ms = {per_slot:.2f} s per trial and slot.
 - Cluster bound: {slots} x 3600 / {per_slot:.2f} = **{cluster_rate:,.0f} trials/hour**.
 - Driver bound: one driver does the ask/tell of every trial serially, {driver_ms:.1f} ms each (measured above with
-  2 workers, {args.trials} trials): 3600 / {driver_ms / 1000:.4f} = **{driver_rate:,.0f} trials/hour**.
+  2 workers, {trials} trials): 3600 / {driver_ms / 1000:.4f} = **{driver_rate:,.0f} trials/hour**.
 - Estimate: min of the two = **{estimate:,.0f} trials/hour**{" (driver-bound)" if driver_rate < cluster_rate else ""}.
   The driver time per trial grows with the study (trials.csv is rewritten after each trial, the sampler reads all
   trials), so for searches of many thousands of trials the driver bound falls further; with a budget like the NASNet
   paper's child training (20 epochs on 45,000 images: 180x the images of this budget, on larger networks) the
   cluster bound is the limit instead.
 """
-    if args.dry_run:
+    numbers = {
+        "load_average_start": load_start,
+        "load_average_end": load_end,
+        "overhead_runs": runs,
+        "training_runs": train,
+        "nasnet_trial_s": nasnet_s,
+        "nasnet_train_s": nasnet_train_s,
+        "assumed_gpu_speedup": GPU_SPEEDUP,
+    }
+    if dry_run:
         print(body)
     else:
-        record("ray", "Distributed search on Ray", body)
+        record("ray", "Distributed search on Ray", body, numbers)
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,16 +1,16 @@
-"""Write one benchmark's result into BENCHMARKS.md, between markers, with command, machine and date."""
+"""Store one experiment's raw result in experiments/results/KEY.json and regenerate BENCHMARKS.md from all results."""
 
 from __future__ import annotations
 
 import os
 import platform
-import re
+import subprocess
 import sys
-import tempfile
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+from experiments.report import REPO, load_result, save_result, write_benchmarks
 
 
 def machine() -> str:
@@ -36,23 +36,68 @@ def machine() -> str:
     )
 
 
-def record(key: str, title: str, body: str) -> None:
-    """Replace (or append) the section ``key`` of BENCHMARKS.md; the file is rewritten atomically."""
-    module = Path(sys.argv[0]).resolve().relative_to(BENCHMARKS.parent).with_suffix("").as_posix().replace("/", ".")
-    command = " ".join(["NAS_DATA_DIR=../shared/data .venv/bin/python -m", module, *sys.argv[1:]])
-    section = (
-        f"<!-- bench:{key} -->\n## {title}\n\n"
-        f"- Command: `{command}`\n- Machine: {machine()}\n- Date: {date.today().isoformat()}\n\n"
-        f"{body.strip()}\n<!-- /bench:{key} -->"
+def commit() -> str:
+    """``git rev-parse HEAD`` of the repository, plus "-dirty" when tracked files differ from it (the results and
+    BENCHMARKS.md aside: they are outputs, not code); "unknown" without git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!BENCHMARKS.md",
+                ":!experiments/results",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+# Taken when the experiment starts (every script imports this module first thing): a run takes minutes to hours,
+# and the code it ran is the code of its start.
+STARTED_AT = commit()
+
+
+def command() -> str:
+    """The command line of this run, as one would type it from the repository root."""
+    module = Path(sys.argv[0]).resolve().relative_to(REPO).with_suffix("").as_posix().replace("/", ".")
+    return " ".join(["NAS_DATA_DIR=../shared/data .venv/bin/python -m", module, *sys.argv[1:]])
+
+
+def record(key: str, title: str, body: str, numbers: dict[str, Any]) -> None:
+    """Store the result ``key`` (the rendered section ``body`` and its raw ``numbers``, JSON-able) with its command,
+    commit, machine and date, then regenerate BENCHMARKS.md."""
+    save_result(
+        {
+            "key": key,
+            "title": title,
+            "command": command(),
+            "commit": STARTED_AT,
+            "machine": machine(),
+            "date": date.today().isoformat(),
+            "body": body.strip(),
+            "numbers": numbers,
+        }
     )
-    text = (
-        BENCHMARKS.read_text()
-        if BENCHMARKS.exists()
-        else "# Benchmarks\n\nEvery figure here is written by a script in `experiments/`.\n"
-    )
-    pattern = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    fd, tmp = tempfile.mkstemp(dir=BENCHMARKS.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, BENCHMARKS)
+    write_benchmarks()
+
+
+def rerender(key: str, body: str) -> None:
+    """Replace the rendered section of the stored result ``key`` (its wording changed, not its numbers), keeping the
+    command, commit, machine and date it was measured with, then regenerate BENCHMARKS.md."""
+    save_result({**load_result(key), "body": body.strip()})
+    write_benchmarks()
+
+
+def load_numbers(key: str) -> dict[str, Any]:
+    """The raw numbers stored by the last run of ``key``."""
+    return load_result(key)["numbers"]

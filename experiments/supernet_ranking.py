@@ -1,4 +1,4 @@
-"""Benchmarks of the supernet issue: training throughput, and ranking by inherited weights against training
+"""Supernets: training throughput, and ranking by inherited weights against training
 from scratch, for the BigNAS supernet (sandwich) and the one-shot NASNet-family supernet (SPOS).
 
 For each supernet: train it with `nas.supernet.SupernetTrainer` (``--epochs`` over ``--train-images`` CIFAR-10
@@ -12,36 +12,41 @@ Run it on a CUDA machine with ``--device cuda`` for the GPU throughput row (bflo
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+import typer
 
 from experiments.record import record
-from nas.data import load_cifar10
 from nas.supernet import SupernetConfig, SupernetTrainer, recalibrate_bn
 from nas.train import TrainConfig, evaluate_accuracy, train_model
+from nas_ground.data import load_cifar10
 from predictors.metrics import kendall_tau, spearman_rho
 
 SPACES = {"bignas": ("sandwich", {}), "darts": ("spos", {"channels": 16, "layers": 1})}
 
 
-def run_space(space_name: str, args: argparse.Namespace, data: object) -> list[str]:
+def run_space(
+    space_name: str, budget: TrainConfig, children_count: int, root: Path, data: object
+) -> tuple[list[str], dict[str, Any]]:
+    """Train the supernet of ``space_name`` and ``children_count`` children from scratch, all with ``budget``;
+    the table row and the figures."""
     strategy, options = SPACES[space_name]
-    out = Path(args.out) / space_name
+    out = root / space_name
     cfg = SupernetConfig(
         space=space_name,
         strategy=strategy,
-        epochs=args.epochs,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
+        epochs=budget.epochs,
+        train_images=budget.train_images,
+        val_images=budget.val_images,
+        batch_size=budget.batch_size,
+        lr=budget.lr,
+        device=budget.device,
         supernet_options=options,
     )
     trainer = SupernetTrainer(out / "supernet", cfg, data)  # type: ignore[arg-type]
@@ -50,21 +55,13 @@ def run_space(space_name: str, args: argparse.Namespace, data: object) -> list[s
     space, net = trainer.space, trainer.net.eval()
     rng = random.Random(1)
     children: list[object] = []
-    while len(children) < args.children:
+    while len(children) < children_count:
         arch = space.sample(rng)
         if arch not in children:
             children.append(arch)
     results_path = out / "children.json"
     results: dict[str, dict[str, float]] = json.loads(results_path.read_text()) if results_path.exists() else {}
     device = trainer.device
-    train_cfg = TrainConfig(
-        epochs=args.epochs,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
-    )  # the supernet's budget, for every child trained from scratch
     for i, arch in enumerate(children):
         key = space.encode(arch)
         if key in results:
@@ -76,7 +73,7 @@ def run_space(space_name: str, args: argparse.Namespace, data: object) -> list[s
         torch.manual_seed(0)
         scratch = space.build(arch, **options)
         start = time.perf_counter()
-        scratch_acc = train_model(scratch, data, train_cfg).val_accuracy  # type: ignore[arg-type]
+        scratch_acc = train_model(scratch, data, budget).val_accuracy  # type: ignore[arg-type]
         results[key] = {
             "inherited": with_recal,
             "inherited_no_recal": without,
@@ -95,27 +92,46 @@ def run_space(space_name: str, args: argparse.Namespace, data: object) -> list[s
         f"{np.mean([r['inherited'] for r in rows]):.1f} / {np.mean([r['inherited_no_recal'] for r in rows]):.1f} / "
         f"{np.mean(scratch):.1f} | {np.mean([r['scratch_seconds'] for r in rows]):.0f} |"
     ]
-    return lines
+    figures = {
+        "strategy": strategy,
+        "options": options,
+        "images_per_s_per_epoch": [h["images_per_s"] for h in history],
+        "children": {space.encode(a): r for a, r in zip(children, rows, strict=True)},
+    }
+    return lines, figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spaces", default="bignas,darts")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train-images", type=int, default=5000)
-    parser.add_argument("--val-images", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--children", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="runs/supernet-ranking")
-    parser.add_argument("--key", default="supernet-ranking")
-    args = parser.parse_args()
-    data = load_cifar10(args.data_dir)
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    spaces: Annotated[str, typer.Option(help="Comma list of supernets: bignas, darts.")] = "bignas,darts",
+    epochs: Annotated[int, typer.Option(help="Epochs of the supernet and of each child from scratch.")] = 3,
+    train_images: Annotated[int, typer.Option(help="CIFAR-10 training images.")] = 5000,
+    val_images: Annotated[int, typer.Option(help="Held-out training images for validation.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
+    children: Annotated[int, typer.Option(help="Random children per supernet.")] = 10,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
+    out: Annotated[str, typer.Option(help="Checkpoints and per-child results (resumable).")] = "runs/supernet-ranking",
+    key: Annotated[
+        str, typer.Option(help="Result to write, experiments/results/KEY.json (-DEVICE appended off the CPU).")
+    ] = "supernet-ranking",
+) -> None:
+    data = load_cifar10(data_dir)
+    budget = TrainConfig(
+        epochs=epochs,
+        train_images=train_images,
+        val_images=val_images,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+    )  # the supernet's budget, for every child trained from scratch too
     lines = [
-        f"CIFAR-10, {args.train_images} training images x {args.epochs} epochs, batch {args.batch_size}, lr {args.lr} "
-        f"(cosine; supernet to 5%), validation {args.val_images} held-out training images, device {args.device}, "
+        f"CIFAR-10, {train_images} training images x {epochs} epochs, batch {batch_size}, lr {lr} "
+        f"(cosine; supernet to 5%), validation {val_images} held-out training images, device {device}, "
         f"{torch.get_num_threads()} torch threads. Each child trained from scratch gets the same images, epochs and "
         "batch size as the supernet (`nas.train.train_model`, SGD + cosine). Throughput = training images per second "
         "of the supernet (a sandwich step runs 4 children on each image, SPOS one).\n",
@@ -123,16 +139,16 @@ def main() -> None:
         "| mean acc % inherited / no recal / scratch | s per scratch child |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for space_name in args.spaces.split(","):
-        lines += run_space(space_name, args, data)
-    if args.device == "cpu" and not torch.cuda.is_available():
-        lines.append(
-            f"| {args.spaces} on a CUDA GPU (`--device cuda`, bfloat16) | not measured: no GPU here | | | | | | |"
-        )
+    numbers: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "supernets": {}}
+    for space_name in spaces.split(","):
+        row, numbers["supernets"][space_name] = run_space(space_name, budget, children, Path(out), data)
+        lines += row
+    if device == "cpu" and not torch.cuda.is_available():
+        lines.append(f"| {spaces} on a CUDA GPU (`--device cuda`, bfloat16) | not measured: no GPU here | | | | | | |")
     body = "\n".join(lines)
     print(body)
-    record(args.key if args.device == "cpu" else f"{args.key}-{args.device}", "Supernets: throughput and ranking", body)
+    record(key if device == "cpu" else f"{key}-{device}", "Supernets: throughput and ranking", body, numbers)
 
 
 if __name__ == "__main__":
-    main()
+    app()

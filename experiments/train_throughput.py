@@ -1,4 +1,4 @@
-"""Benchmark 3 of issue 2: CPU training throughput of quick-start NASNet networks, and `make search` wall time.
+"""CPU training throughput of quick-start NASNet networks, and `make search` wall time.
 
 Throughput: images/s of the training loop (forward, backward, SGD step, augmentation) for networks built
 exactly as the quick start builds them, over several sampled genotypes. The wall time of `make search` is
@@ -7,37 +7,40 @@ measured by running it (with the environment already set up, as a second `make s
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Annotated
 
 import torch
+import typer
 
 from experiments.record import record
-from nas.cli import QUICK_NETWORK, QUICK_TRAIN
-from nas.data import load_cifar10
+from nas.cli.search import QUICK_NETWORK, QUICK_TRAIN
 from nas.search import SearchConfig
 from nas.train import TrainConfig, train_model
+from nas_ground.data import load_cifar10
 from search_spaces import get_space
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--networks", type=int, default=5)
-    parser.add_argument("--make-search", action="store_true", help="also time `make search`")
-    parser.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR"))
-    args = parser.parse_args()
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    networks: Annotated[int, typer.Option(help="Sampled genotypes to train (seeds 0..N-1).")] = 5,
+    make_search: Annotated[bool, typer.Option("--make-search", help="Also time `make search`.")] = False,
+    data_dir: Annotated[str | None, typer.Option(envvar="NAS_DATA_DIR", help="Data directory.")] = None,
+) -> None:
     space = get_space("nasnet")
-    data = load_cifar10(args.data_dir)
+    data = load_cifar10(data_dir)
     cfg = TrainConfig(**QUICK_TRAIN, device="cpu")
     rates = []
-    for seed in range(args.networks):
+    for seed in range(networks):
         torch.manual_seed(0)
         model = space.build(space.sample(random.Random(seed)), **QUICK_NETWORK["nasnet"])
         result = train_model(model, data, cfg)
@@ -50,7 +53,12 @@ def main() -> None:
         f"(mean +- std over {len(rates)} sampled genotypes, seeds 0..{len(rates) - 1}; "
         f"min {min(rates):.0f}, max {max(rates):.0f})."
     )
-    if args.make_search:
+    numbers: dict[str, object] = {
+        "seeds": list(range(networks)),
+        "images_per_s": rates,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if make_search:
         start = time.perf_counter()
         proc = subprocess.run(["make", "search"], cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -63,8 +71,9 @@ def main() -> None:
             "ONNX export): "
             f"**{wall / 60:.1f} min** (one run)."
         )
-    record("quickstart-throughput", "Quick-start training throughput and `make search` wall time", body)
+        numbers["make_search_s"] = wall
+    record("quickstart-throughput", "Quick-start training throughput and `make search` wall time", body, numbers)
 
 
 if __name__ == "__main__":
-    main()
+    app()

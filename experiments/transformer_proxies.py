@@ -1,4 +1,4 @@
-"""Benchmark 2 of the proxy issue: W-PCA and the baselines against trained transformer-small candidates.
+"""W-PCA and the baseline proxies against trained transformer-small candidates.
 
 Reads the candidates that ``experiments.transformer_sst2`` trained on SST-2 (their dev accuracy, one budget),
 scores each untrained candidate (weights seed 0, the paper's initialisation) with W-PCA, V-PCA, #params,
@@ -9,13 +9,14 @@ sentences (padding included, eta = 0.99).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import typer
 
 from experiments.record import record
 from predictors.metrics import kendall_tau, spearman_rho
@@ -26,31 +27,37 @@ from search_spaces import get_space
 PROXIES = ("wpca", "vpca", "params", "flops", "synflow", "snip", "grad_norm")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--trained", default="runs/transformer-sst2/trained.csv")
-    parser.add_argument("--space", default="transformer-small")
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument(
-        "--repeat", default="runs/transformer-sst2/seed1.csv", help="the first candidates retrained with another seed"
-    )
-    parser.add_argument("--key", default="proxies-transformer")
-    args = parser.parse_args()
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    trained: Annotated[
+        str, typer.Option(help="Candidates trained by experiments.transformer_sst2.")
+    ] = "runs/transformer-sst2/trained.csv",
+    space: Annotated[str, typer.Option(help="Search space of the candidates.")] = "transformer-small",
+    batch_size: Annotated[int, typer.Option(help="SST-2 sentences per batch.")] = 200,
+    batches: Annotated[int, typer.Option(help="Batches (seeds 0..N-1) each proxy is averaged over.")] = 3,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
+    repeat: Annotated[
+        str, typer.Option(help="The first candidates retrained with another seed.")
+    ] = "runs/transformer-sst2/seed1.csv",
+    key: Annotated[str, typer.Option(help="Result to write (experiments/results/KEY.json).")] = "proxies-transformer",
+) -> None:
+    started = time.perf_counter()
     torch.set_num_threads(1)
-    with Path(args.trained).open(newline="") as f:
+    with Path(trained).open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["dev_accuracy"]]  # failed candidates have none
-    space = get_space(args.space)
-    configs = [ProxyConfig(seed=s, batch_size=args.batch_size) for s in range(args.batches)]
-    batches = [space_batch(space, c, args.data_dir) for c in configs]
+    search_space = get_space(space)
+    configs = [ProxyConfig(seed=s, batch_size=batch_size) for s in range(batches)]
+    inputs = [space_batch(search_space, c, data_dir) for c in configs]
     values: dict[str, list[float]] = {p: [] for p in PROXIES}
     seconds: dict[str, float] = dict.fromkeys(PROXIES, 0.0)
     for row in rows:
         per_batch = []
-        for config, batch in zip(configs, batches, strict=True):
+        for config, batch in zip(configs, inputs, strict=True):
             torch.manual_seed(0)
-            model = space.build(space.decode(row["arch"]))
+            model = search_space.build(search_space.decode(row["arch"]))
             timings: dict[str, float] = {}
             per_batch.append(compute_proxies(model, PROXIES, batch, config, timings=timings))
             for p in PROXIES:
@@ -61,9 +68,9 @@ def main() -> None:
     budget = rows[0].get("budget", "see experiments/transformer_sst2.py")
     n = len(rows)
     lines = [
-        f"{n} `{args.space}` candidates (random, distinct), each trained once on SST-2 with one budget ({budget}); "
+        f"{n} `{space}` candidates (random, distinct), each trained once on SST-2 with one budget ({budget}); "
         f"truth = SST-2 dev accuracy (872 sentences; here {acc.min():.2f}-{acc.max():.2f} %, mean {acc.mean():.2f} %). "
-        f"Proxies on the untrained networks (seed 0), mean over {args.batches} batches of {args.batch_size} "
+        f"Proxies on the untrained networks (seed 0), mean over {batches} batches of {batch_size} "
         "SST-2 training sentences, one CPU thread.\n",
         "| proxy | Kendall tau | Spearman rho | s/network |",
         "|---|---|---|---|",
@@ -72,13 +79,21 @@ def main() -> None:
         lines.append(
             f"| {p} | {kendall_tau(values[p], acc):.3f} | {spearman_rho(values[p], acc):.3f} | {seconds[p] / n:.3f} |"
         )
-    repeat = Path(args.repeat)
-    if repeat.exists():
-        with repeat.open(newline="") as f:
+    numbers: dict[str, object] = {
+        "candidates": [
+            {"arch": row["arch"], "dev_accuracy": a, **{p: values[p][i] for p in PROXIES}}
+            for i, (row, a) in enumerate(zip(rows, acc, strict=True))
+        ],
+        "proxy_seconds": seconds,
+    }
+    retrained = Path(repeat)
+    if retrained.exists():
+        with retrained.open(newline="") as f:
             again = {r["arch"]: float(r["dev_accuracy"]) for r in csv.DictReader(f) if r["dev_accuracy"]}
         first = {r["arch"]: float(r["dev_accuracy"]) for r in rows}
         diffs = [abs(first[a] - acc2) for a, acc2 in again.items() if a in first]
         if diffs:
+            numbers["retrained_dev_accuracy"] = {a: acc2 for a, acc2 in again.items() if a in first}
             lines.append(
                 f"\nTraining noise: {len(diffs)} of these candidates retrained with another training seed moved by "
                 f"{np.mean(diffs):.2f} points of dev accuracy on average (max {np.max(diffs):.2f}); the spread across "
@@ -90,10 +105,9 @@ def main() -> None:
     )
     body = "\n".join(lines)
     print(body)
-    record(args.key, "Training-free proxies on the transformer space (SST-2)", body)
+    record(key, "Training-free proxies on the transformer space (SST-2)", body, numbers)
+    print(f"{time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    main()
-    print(f"{time.perf_counter() - started:.0f} s")
+    app()

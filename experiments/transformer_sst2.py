@@ -8,19 +8,20 @@ one at a time to ``runs/transformer-sst2/trained.csv``; a killed run resumes and
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
 import random
 import time
 from pathlib import Path
+from typing import Annotated
 
 import torch
+import typer
 
-from nas.text_data import load_sst2
 from nas.text_train import TextTrainConfig, text_accuracy, train_text_model
-from nas.train import Diverged
+from nas_ground.text_data import load_sst2
+from nas_ground.training import Diverged
 from search_spaces import get_space
 from search_spaces.transformer import TransformerSpace
 
@@ -72,48 +73,52 @@ def done_rows(path: Path, budget: str) -> dict[str, dict[str, str]]:
     return {r["arch"]: r for r in rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0, help="architecture sampling seed")
-    parser.add_argument("--train-seed", type=int, default=0, help="weights and batch order")
-    parser.add_argument("--train-examples", type=int, default=40_000)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "transformer-sst2" / "trained.csv")
-    parser.add_argument("--data-dir", default=os.environ.get("NAS_DATA_DIR"))
-    args = parser.parse_args()
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
 
+
+@app.command(help=__doc__)
+def main(
+    candidates: Annotated[int, typer.Option(help="Distinct random candidates to train.")] = 24,
+    seed: Annotated[int, typer.Option(help="Architecture sampling seed.")] = 0,
+    train_seed: Annotated[int, typer.Option(help="Weights and batch order.")] = 0,
+    train_examples: Annotated[int, typer.Option(help="SST-2 training phrases.")] = 40_000,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    dropout: Annotated[float, typer.Option(help="Dropout of the built networks.")] = 0.1,
+    out: Annotated[Path, typer.Option(help="CSV file, one row per candidate (resumed).")] = (
+        REPO / "runs" / "transformer-sst2" / "trained.csv"
+    ),
+    data_dir: Annotated[str | None, typer.Option(envvar="NAS_DATA_DIR", help="Data directory.")] = None,
+) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer on one thread too
     space = get_space("transformer-small")
     assert isinstance(space, TransformerSpace)
     cfg = TextTrainConfig(
-        epochs=args.epochs,
-        train_examples=args.train_examples,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.train_seed,
+        epochs=epochs,
+        train_examples=train_examples,
+        batch_size=batch_size,
+        lr=lr,
+        seed=train_seed,
         device="cpu",
     )
-    budget = budget_text(cfg, args.dropout, space.max_len)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_rows(args.out, budget)
-    data = load_sst2(args.data_dir, max_len=space.max_len)
-    print(f"budget: {budget}; {len(done)} of {args.candidates} done", flush=True)
-    new_file = not args.out.exists() or args.out.stat().st_size == 0
-    with open(args.out, "a", newline="") as f:
+    budget = budget_text(cfg, dropout, space.max_len)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_rows(out, budget)
+    data = load_sst2(data_dir, max_len=space.max_len)
+    print(f"budget: {budget}; {len(done)} of {candidates} done", flush=True)
+    new_file = not out.exists() or out.stat().st_size == 0
+    with open(out, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()
-        for index, arch in enumerate(distinct_candidates(space, args.candidates, args.seed)):
+        for index, arch in enumerate(distinct_candidates(space, candidates, seed)):
             encoded = space.encode(arch)
             if encoded in done:
                 continue
-            torch.manual_seed(args.train_seed)
-            model = space.build(arch, dropout=args.dropout)
+            torch.manual_seed(train_seed)
+            model = space.build(arch, dropout=dropout)
             start = time.perf_counter()
             failure, dev, test, loss = "", math.nan, math.nan, math.nan
             try:
@@ -132,7 +137,7 @@ def main() -> None:
                     "train_loss": f"{loss:.5f}",
                     "params": params,
                     "train_seconds": f"{seconds:.1f}",
-                    "seed": args.train_seed,
+                    "seed": train_seed,
                     "budget": budget,
                     "failure": failure,
                 }
@@ -140,11 +145,11 @@ def main() -> None:
             f.flush()
             os.fsync(f.fileno())
             print(
-                f"[{index + 1}/{args.candidates}] {encoded}: dev {dev:.2f}%, test {test:.2f}%, {params:,} params, "
+                f"[{index + 1}/{candidates}] {encoded}: dev {dev:.2f}%, test {test:.2f}%, {params:,} params, "
                 f"{seconds:.0f} s {failure}",
                 flush=True,
             )
 
 
 if __name__ == "__main__":
-    main()
+    app()
