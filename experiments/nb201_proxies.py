@@ -30,6 +30,8 @@ import typer
 from scipy import stats
 
 from experiments.record import record
+from nas_ground.atomic import atomic_write
+from nas_ground.jsonl import JsonLines
 from predictors.metrics import kendall_tau, spearman_rho
 
 PROXIES = ("params", "flops", "synflow", "naswot", "naswot_v1", "snip", "grad_norm", "vpca", "wpca")
@@ -68,14 +70,8 @@ def _score(arch_str: str) -> dict[str, Any]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of a (possibly killed) run; a last line cut mid-write is ignored."""
-    records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    """The records of a (possibly killed) run; a last line cut mid-write is ignored."""
+    return JsonLines(path, key="arch").read()
 
 
 def compute(
@@ -87,21 +83,15 @@ def compute(
     seed: int = 0,
     proxies: tuple[str, ...] = PROXIES,
 ) -> None:
-    done = {r["arch"] for r in read_records(out)}
+    log = JsonLines(out, key="arch")
+    done = log.done()
     todo = [c for c in cells if c not in done]
     print(f"{out}: {len(done)} cells done, {len(todo)} to go", flush=True)
-    if out.exists() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
-        with out.open("a") as f:
-            f.write("\n")  # end a line cut by a kill
     start = time.perf_counter()
     ctx = mp.get_context("spawn")
-    with (
-        ctx.Pool(workers, initializer=_init, initargs=(batch_size, data_dir, seed, proxies)) as pool,
-        out.open("a") as f,
-    ):
+    with ctx.Pool(workers, initializer=_init, initargs=(batch_size, data_dir, seed, proxies)) as pool, log:
         for i, rec in enumerate(pool.imap_unordered(_score, todo, chunksize=4), 1):
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
+            log.append(rec)
             if i % 100 == 0:
                 rate = i / (time.perf_counter() - start)
                 print(
@@ -122,8 +112,6 @@ def recompute(out: Path, proxy: str, workers: int, batch_size: int, data_dir: st
     for r in records:
         r["values"][proxy] = new[r["arch"]]["values"][proxy]
         r["seconds"][proxy] = new[r["arch"]]["seconds"][proxy]
-    from nas_ground.atomic import atomic_write
-
     atomic_write(out, "".join(json.dumps(r) + "\n" for r in records))
     side.unlink()
     print(f"{out}: {proxy} recomputed for {len(records)} cells", flush=True)

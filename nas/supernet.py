@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.train import Diverged, check_budget, evaluate_accuracy, resolve_device, validation_split
+from nas.train import check_budget, evaluate_accuracy, resolve_device, validation_split
 from nas_ground.atomic import atomic_path
 from nas_ground.data import Cifar10, augment, normalize
 from nas_ground.errors import UserInputError
+from nas_ground.training import apply_gradients, check_finite, minibatches
 from search_spaces import SearchSpace, get_space
 from search_spaces.bignas import recalibrate_bn
 
@@ -233,12 +234,9 @@ class SupernetTrainer:
                 else:
                     assert soft is not None
                     loss = -(soft * F.log_softmax(out.float(), dim=1)).sum(dim=1).mean()
-            if not torch.isfinite(loss):
-                raise Diverged(f"supernet loss became {loss.item()} at {where}")
-            loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+            check_finite(loss, f"supernet {where}")
+            loss.backward()  # child by child: only one child's graph is held at a time
+        apply_gradients(self.optimizer, net.parameters(), scheduler=self.scheduler, grad_clip=cfg.grad_clip)
         return teacher_loss
 
     def train(self, on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
@@ -248,11 +246,9 @@ class SupernetTrainer:
             torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and any other torch randomness of this epoch
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             rng = random.Random(cfg.seed * 1000 + epoch)
-            order = torch.randperm(len(self.data.x_train), generator=gen)
             self.net.train()
             start, losses = time.perf_counter(), []
-            for step in range(self.steps_per_epoch):
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            for step, idx in enumerate(minibatches(len(self.data.x_train), cfg.batch_size, gen)):
                 x = self.data.x_train[idx]
                 if cfg.augment:
                     x = augment(x, gen)

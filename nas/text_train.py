@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.train import resolve_device, step_on
+from nas.train import resolve_device
 from nas_ground.errors import UserInputError
 from nas_ground.text_data import SST2
+from nas_ground.training import backward_step, minibatches
 
 SST2_TRAIN = 67_349  # phrases in the GLUE SST-2 training split
 # The CLI's budget options are named for images (--train-images, --val-images); for text they count sentences.
@@ -124,14 +125,15 @@ def train_text_model(model: nn.Module, data: SST2, cfg: TextTrainConfig) -> Text
     epoch_loss = float("nan")
     for epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(len(idx), generator=gen).numpy()
         total_loss = 0.0
-        for step in range(steps_per_epoch):
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            rows = idx[batch]
+        for step, batch in enumerate(minibatches(len(idx), cfg.batch_size, gen)):
+            rows = idx[batch.numpy()]
             ids, mask = _batch(data.train_ids[rows], data.train_mask[rows], device)
             loss = F.cross_entropy(model(ids, mask), y_train[batch].to(device))
-            step_on(loss, model, optimizer, scheduler, cfg.grad_clip, f"epoch {epoch + 1}, step {step + 1}")
+            where = f"epoch {epoch + 1}, step {step + 1}"
+            backward_step(
+                loss, optimizer, model.parameters(), scheduler=scheduler, grad_clip=cfg.grad_clip, where=where
+            )
             total_loss += loss.item() * len(batch)
             seen += len(batch)
         epoch_loss = total_loss / len(idx)

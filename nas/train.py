@@ -1,4 +1,4 @@
-"""The one training loop: SGD with a cosine schedule on CIFAR-10, CPU or CUDA, seeded, stops on divergence."""
+"""Training a candidate on CIFAR-10: SGD with a cosine schedule, CPU or CUDA, seeded, stops on divergence."""
 
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ from torch import nn
 
 from nas_ground.data import Cifar10, augment, normalize, split_train_val
 from nas_ground.errors import UserInputError
+from nas_ground.training import backward_step, minibatches
 
 VAL_POOL = 10_000  # images held out of the 50k training set; validation subsets are drawn from these
-
-
-class Diverged(RuntimeError):
-    """Training produced a NaN or infinite loss; the trial fails with this reason and the search goes on."""
 
 
 @dataclass(frozen=True)
@@ -83,24 +80,6 @@ def validation_split(data: Cifar10, cfg: TrainConfig) -> tuple[np.ndarray, np.nd
     return train_idx[: cfg.train_images], val_idx[: cfg.val_images]
 
 
-def step_on(
-    loss: torch.Tensor,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    grad_clip: float,
-    where: str,
-) -> None:
-    """One optimisation step on ``loss`` (gradients clipped to ``grad_clip``); a non-finite loss raises `Diverged`."""
-    if not torch.isfinite(loss):
-        raise Diverged(f"loss became {loss.item()} at {where}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-
-
 def train_model(model: nn.Module, data: Cifar10, cfg: TrainConfig) -> TrainResult:
     """Train ``model`` in place on a seeded subset; return validation accuracy (never test accuracy)."""
     device = resolve_device(cfg.device)
@@ -123,10 +102,8 @@ def train_model(model: nn.Module, data: Cifar10, cfg: TrainConfig) -> TrainResul
         if hasattr(model, "drop_path"):
             setattr(model, "drop_path", cfg.drop_path * epoch / cfg.epochs)  # noqa: B010
         model.train()
-        order = torch.randperm(len(x_train), generator=gen)
         total_loss = 0.0
-        for step in range(steps_per_epoch):
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        for step, batch in enumerate(minibatches(len(x_train), cfg.batch_size, gen)):
             xb = x_train[batch]
             if cfg.augment:
                 xb = augment(xb, gen)
@@ -137,7 +114,10 @@ def train_model(model: nn.Module, data: Cifar10, cfg: TrainConfig) -> TrainResul
                 loss = F.cross_entropy(logits, yb) + cfg.aux_weight * F.cross_entropy(aux, yb)
             else:
                 loss = F.cross_entropy(out, yb)
-            step_on(loss, model, optimizer, scheduler, cfg.grad_clip, f"epoch {epoch + 1}, step {step + 1}")
+            where = f"epoch {epoch + 1}, step {step + 1}"
+            backward_step(
+                loss, optimizer, model.parameters(), scheduler=scheduler, grad_clip=cfg.grad_clip, where=where
+            )
             total_loss += loss.item() * len(batch)
             seen += len(batch)
         epoch_loss = total_loss / len(x_train)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from nas_ground.errors import UserInputError
+from nas_ground.training import backward_step, minibatches
 from predictors.encoder import Encoder
 from predictors.predictor import ranking_loss
 
@@ -69,17 +70,13 @@ def finetune_encoder(
     gt = torch.as_tensor(g, device=device)
     gen = torch.Generator().manual_seed(opts.seed)
     model.train()
+    params = [*model.parameters(), *scorer.parameters()]
     for _ in range(opts.epochs):
-        order = torch.randperm(len(y), generator=gen).tolist()
-        for start in range(0, len(order), opts.batch_size):
-            idx = order[start : start + opts.batch_size]
-            if len(idx) < 2:
-                continue
+        for batch in minibatches(len(y), opts.batch_size, gen, min_size=2):
+            idx = batch.tolist()
             emb = _pooled(model, [windows[i] for i in idx], device)
             loss = ranking_loss(scorer(emb).squeeze(-1), zt[idx], opts.margin, gt[idx])
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
+            backward_step(loss, optim, params, where="encoder fine-tuning")
     model.eval()
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

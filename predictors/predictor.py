@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from nas_ground.errors import UserInputError
+from nas_ground.training import backward_step, minibatches
 from predictors.encoder import DEFAULT_ENCODER, Encoder
 from predictors.features import CORE_FEATURES, FEATURE_NAMES, UNIVERSAL_FEATURES, feature_matrix
 
@@ -398,18 +399,11 @@ def _fit_member(
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):
-        order = torch.randperm(len(yt), generator=gen)
-        for start in range(0, len(yt), opts.batch_size):
-            idx = order[start : start + opts.batch_size]
-            if len(idx) < 2:
-                continue
+        for idx in minibatches(len(yt), opts.batch_size, gen, min_size=2):
             scores = net(x[idx]).squeeze(-1)
             if opts.loss == "ranking":
                 loss = ranking_loss(scores, yt[idx], opts.margin, gt[idx])
             else:
                 loss = nn.functional.mse_loss(scores, yt[idx])
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            sched.step()
+            backward_step(loss, optim, net.parameters(), scheduler=sched, where="predictor head")
     net.eval()

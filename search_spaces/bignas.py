@@ -94,7 +94,7 @@ CIFAR = BigNASConfig(
     head=(256, 320),
     num_classes=10,
 )
-# The BigNAS ImageNet ranges (see PAPERS.md); feature maps r/2 -> r/2 -> r/4 -> r/8 -> r/16 -> r/16 -> r/32 -> r/32.
+# The BigNAS ImageNet ranges (arXiv 2003.11142); feature maps r/2 -> r/2 -> r/4 -> r/8 -> r/16 -> r/16 -> r/32 -> r/32.
 IMAGENET = BigNASConfig(
     resolutions=(192, 224, 256, 288, 320),
     stem=(32, 40),

@@ -21,7 +21,7 @@ from onnx_bench.text import FORMATS, describe, token_count
 from search_spaces import get_space
 from tests.onnx_strategies import onnx_models, tiny_cnn
 
-# PAPERS.md, "ONNX-Net text format chain_slim": the residual example, character for character.
+# The ONNX-Net paper's (arXiv 2510.04938) chain_slim example of a residual block, character for character.
 CHAIN_SLIM_GOLDEN = (
     "Conv(1x3x32x32, Param[16,3,3,3], Param[16])(dilations=1,kernel_shape=3,pads=1,strides=1)"
     " --> Value1:1x16x32x32\n"

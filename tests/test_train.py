@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nas.evaluators import TrialFailed, make_evaluator
 from nas.search import Search, SearchConfig
 from nas.train import TrainConfig, train_model, validation_split
 from nas_ground.cost import count_flops, count_params
-from nas_ground.data import load_cifar10
+from nas_ground.data import load_cifar10, normalize
 from search_spaces import get_space
 
 TINY = dict(epochs=1, train_images=128, val_images=64, batch_size=32, channels=4, layers=1)
@@ -95,3 +96,30 @@ def test_auxiliary_head_and_drop_path_train(data_dir: Path):
     model = space.build(space.sample(random.Random(2)), auxiliary=True, channels=4, layers=1)
     assert sum(p.numel() for p in model.parameters()) > metrics["params"]
     assert metrics["train_loss"] > 0
+
+
+def test_a_short_training_run_learns(data_dir: Path):
+    """Two epochs on 2,000 images: the loss on the training images falls well below its starting value and the
+    accuracy on held-out validation images is far above chance (10%)."""
+    space = get_space("nb201")
+    arch = space.decode(
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    )
+    data = load_cifar10(data_dir)
+    cfg = TrainConfig(epochs=2, train_images=2000, val_images=1000, batch_size=64, lr=0.1, seed=0, device="cpu")
+    torch.manual_seed(0)
+    model = space.build(arch, channels=8, cells_per_stage=1)
+    train_idx, _ = validation_split(data, cfg)
+    x, y = normalize(data.train_x[train_idx[:500]]), torch.as_tensor(data.train_y[train_idx[:500]]).long()
+
+    def loss_on_training_images() -> float:
+        model.eval()
+        with torch.inference_mode():
+            return float(F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y))
+
+    before = loss_on_training_images()
+    result = train_model(model, data, cfg)
+    after = loss_on_training_images()
+    assert before > 2.2  # an untrained 10-way classifier: about ln(10)
+    assert after < before - 0.5, (before, after)
+    assert result.val_accuracy > 20.0, result  # held-out images; chance is 10% +- 1% on 1,000 of them

@@ -12,11 +12,12 @@ from torch import nn
 from nas.evaluators import register
 from nas.evaluators.base import BUILD_KEYS, TEXT_BUILD_KEYS, TrialFailed, profile, weights_path
 from nas.text_train import TextTrainConfig, text_accuracy, text_train_config, train_text_model
-from nas.train import Diverged, TrainConfig, evaluate_accuracy, resolve_device, train_model
+from nas.train import TrainConfig, evaluate_accuracy, resolve_device, train_model
 from nas_ground.atomic import atomic_path
 from nas_ground.data import Cifar10
 from nas_ground.errors import UserInputError
 from nas_ground.text_data import SST2
+from nas_ground.training import Diverged
 from search_spaces import SearchSpace
 from search_spaces.base import example_input
 
