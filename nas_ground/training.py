@@ -39,13 +39,13 @@ def apply_gradients(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     grad_clip: float | None = None,
 ) -> None:
-    """Clip the accumulated gradients (when ``grad_clip``), step the optimizer and the schedule, clear them."""
+    """Clip the accumulated gradients (when ``grad_clip``), step the optimizer and the schedule. The gradients stay
+    (for inspection) until the next step clears them."""
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(list(params), grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def backward_step(

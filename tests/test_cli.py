@@ -1,14 +1,18 @@
-"""The CLI as a user runs it (subprocesses): bad input exits 2 with one line; SIGKILL then resume loses nothing."""
+"""The CLI as a user runs it: bad input exits 2 with one line; SIGKILL of a real process then resume loses nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import optuna
@@ -18,15 +22,49 @@ from optuna.trial import TrialState
 from tests.conftest import REPO
 
 
-def nas(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nas", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
+def nas(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, isolated: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``nas ARGS`` as a user's shell runs it: exit code, stdout and stderr. By default the CLI's own ``main()``
+    runs in this process with its output captured (a subprocess would spend seconds starting an interpreter and
+    importing torch for every call); ``isolated`` runs a real subprocess, for what needs a process of its own
+    (a Ray runtime, a kill)."""
+    if isolated:
+        return subprocess.run(
+            [sys.executable, "-m", "nas", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+    from nas.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    saved_env, saved_argv = dict(os.environ), sys.argv
+    os.environ.update(env or {})
+    sys.argv = ["nas", *args]
+    try:
+        with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            root = logging.getLogger()
+            handler = logging.StreamHandler(err)  # what the CLI logs reaches stderr, as in a process of its own
+            handler.setLevel(logging.WARNING)
+            root.addHandler(handler)
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except Exception:
+                traceback.print_exc(file=err)
+                code = 1
+            finally:
+                root.removeHandler(handler)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+    return subprocess.CompletedProcess(["nas", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:

@@ -186,7 +186,7 @@ def test_sigkill_of_the_driver_then_same_command_resumes(tmp_path: Path, data_di
             os.kill(pid, signal.SIGKILL)
     before = {t.number: (t.user_attrs["arch"], t.values) for t in completed_trials(run)}
     assert 4 <= len(before) < 14
-    done = nas(*args, timeout=180)
+    done = nas(*args, timeout=180, isolated=True)
     assert done.returncode == 0, done.stderr
     after = {t.number: (t.user_attrs["arch"], t.values) for t in completed_trials(run)}
     assert len(after) == 14

@@ -80,8 +80,9 @@ class ProxyEvaluator:
 
 
 # Chosen by experiments/nb201_proxies.py among all sets of 2-4 proxies on 500 NB201 cells (CIFAR-10 rho), judged
-# on 2,500 others (that table was stitched from runs of older code and is out of BENCHMARKS.md until re-run). Token models have no input gradient (naswot_v1): W-PCA and snip, the best two
-# on the (noisy) transformer benchmark.
+# on 2,500 others (that table was stitched from runs of older code and is out of BENCHMARKS.md until re-run).
+# Token models have no input gradient (naswot_v1): W-PCA and snip, the best two on the (noisy) transformer
+# benchmark.
 DEFAULT_MEMBERS = {"image": "synflow,naswot_v1,wpca", "text": "wpca,snip"}
 
 

@@ -10,8 +10,8 @@ example; score = -sum_i (log(l_i + k) + 1 / (l_i + k)) over the eigenvalues l_i 
 rows, k = 1e-5. Needs a float input (not token ids). As in the reference code (BayesWatch/nas-without-training,
 whose NB201 network returns ``(logits, features)`` and whose ``get_batch_jacobian`` takes the second), f is the
 penultimate features: the input of the network's last linear layer (its classifier); a network without a linear
-layer uses its output. Differentiating the logits instead agrees less with the published scores (`experiments/nb201_proxies.py`
-checks it).
+layer uses its output. Differentiating the logits instead agrees less with the published scores
+(`experiments/nb201_proxies.py` checks it).
 """
 
 from __future__ import annotations
