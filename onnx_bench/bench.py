@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from nas_ground.atomic import atomic_path
 from nas_ground.errors import UserInputError
+from onnx_bench.graph import WL_SCHEME
 
 KEY_COLUMNS = ("space", "arch", "source")
 SHARD_GLOB = "records-*.parquet"
@@ -83,6 +84,7 @@ def make_record(job: Job) -> dict[str, Any]:
         "peak_activation": summary["peak_activation"],
         "op_histogram": json.dumps(summary["op_histogram"], sort_keys=True),
         "wl_counts": json.dumps(wl_counts(model)),
+        "wl_scheme": WL_SCHEME,
         "build_options": json.dumps(job.build_options, sort_keys=True),
         "space_options": json.dumps(job.space_options, sort_keys=True),
         "seed": job.seed,
@@ -181,13 +183,15 @@ def build(
     return BuildResult(added=done, skipped=skipped_count, shards_written=written)
 
 
-def activation_record(row: dict[str, Any]) -> dict[str, float]:
-    """The ``act_*`` columns of an existing record: its architecture re-exported with its seeded initial
-    weights (the record's hash is checked where the record holds initial weights too)."""
+def upgraded_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns newer versions compute (``act_*`` activation features, WL counts of the current `WL_SCHEME`) of
+    an existing record: its architecture re-exported with its seeded initial weights (the record's hash is checked
+    where the record holds initial weights too)."""
     import torch
 
     from onnx_bench.activations import activation_summary
     from onnx_bench.export import export_architecture
+    from onnx_bench.graph import wl_counts
     from onnx_bench.io import load_onnx
     from search_spaces import get_space
 
@@ -203,12 +207,14 @@ def activation_record(row: dict[str, Any]) -> dict[str, float]:
     )
     if row["source"] in ("nb201-table", "nbmacro-table") and exported.sha256 != row["onnx_sha256"]:
         raise UserInputError(f"bench record {row['arch']} no longer exports to the same ONNX; rebuild the bench")
-    return activation_summary(load_onnx(exported.data, check=False))
+    model = load_onnx(exported.data, check=False)
+    return {**activation_summary(model), "wl_counts": json.dumps(wl_counts(model)), "wl_scheme": WL_SCHEME}
 
 
 def upgrade(directory: str | Path, *, workers: int = 2, on_progress: Callable[[int, int], None] | None = None) -> int:
-    """Add the columns of newer versions (the ``act_*`` activation features) to every shard lacking them; each
-    shard is rewritten atomically, so an interrupted upgrade resumes where it stopped. Returns records updated."""
+    """Bring every shard written by an older version up to date (the ``act_*`` activation features, WL counts of
+    the current hashing, ``flops`` as multiply-accumulates); each shard is rewritten atomically, so an interrupted
+    upgrade resumes where it stopped. Returns records updated."""
     from onnx_bench.activations import ACT_FEATURES
 
     directory = Path(directory)
@@ -217,14 +223,17 @@ def upgrade(directory: str | Path, *, workers: int = 2, on_progress: Callable[[i
     todo = []
     for shard in shards(directory):
         columns = pq.read_schema(shard).names
-        if not all(c in columns for c in ACT_FEATURES):
+        stale_wl = "wl_scheme" not in columns or set(pd.read_parquet(shard, columns=["wl_scheme"])["wl_scheme"]) != {
+            WL_SCHEME
+        }
+        if stale_wl or "macs" in columns or not all(c in columns for c in ACT_FEATURES):
             todo.append(shard)
-    frames = [pd.read_parquet(shard) for shard in todo]
+    frames = [_read_shard(shard, None) for shard in todo]
     rows: list[dict[str, Any]] = [r for f in frames for r in f.to_dict("records")]  # type: ignore[misc]
     total, done = len(rows), 0
     if on_progress:
         on_progress(0, total)
-    results = _map(activation_record, rows, workers)  # in order: each shard is written once its rows are done
+    results = _map(upgraded_columns, rows, workers)  # in order: each shard is written once its rows are done
     for shard, frame in zip(todo, frames, strict=True):
         part = rows[done : done + len(frame)]
         feats = []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -272,6 +273,7 @@ def _json_shape(shape: Shape | None) -> list[Dim] | None:
 
 WL_DIM = 512
 WL_ITERATIONS = 2
+WL_SCHEME = "networkx-wl-2"  # bench records and predictors name the hashing their WL counts come from
 _WL_ATTRS = ("kernel_shape", "strides", "dilations")
 
 
@@ -286,31 +288,26 @@ def _wl_label(node: onnx.NodeProto) -> str:
     return ",".join(parts)
 
 
-def _digest(text: str, size: int = 8) -> bytes:
-    import hashlib
-
-    return hashlib.blake2b(text.encode(), digest_size=size).digest()
-
-
 def wl_counts(model: onnx.ModelProto, dim: int = WL_DIM, iterations: int = WL_ITERATIONS) -> dict[int, int]:
     """Weisfeiler-Lehman subtree features of the operator graph (the NAS-BOWL idea, arXiv 2006.07556), hashed.
 
-    Each operator starts with its type and kernel/stride/dilation attributes (``grouped`` for group > 1); each
-    iteration appends the sorted labels of the operators feeding it. The counts of every label of every
-    iteration are hashed into ``dim`` buckets: {bucket: count}, only non-zero buckets. Connectivity, not names,
-    decides the result, so it works for any ONNX graph.
+    Each operator starts with its type and kernel/stride/dilation attributes (``grouped`` for group > 1);
+    `networkx.weisfeiler_lehman_subgraph_hashes` refines the labels ``iterations`` times over the operators feeding
+    each one. Every label of every iteration (the initial one included) is counted into one of ``dim`` buckets:
+    {bucket: count}, only non-zero buckets. Connectivity, not names, decides the result, so it works for any ONNX
+    graph. The hashes are those of `WL_SCHEME`: counts from another scheme are not comparable.
     """
     nodes = list(model.graph.node)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
-    sources = [sorted({producer[x] for x in node.input if x in producer}) for node in nodes]
-    labels = [_digest(_wl_label(node)) for node in nodes]
-    counts: Counter[int] = Counter()
-    for it in range(iterations + 1):
-        for lab in labels:
-            counts[int.from_bytes(_digest(f"{it}|{lab.hex()}"), "little") % dim] += 1
-        if it < iterations:
-            labels = [
-                _digest(lab.hex() + "<" + "|".join(sorted(labels[j].hex() for j in srcs)) + ">")
-                for lab, srcs in zip(labels, sources, strict=True)
-            ]
+    g = nx.DiGraph()
+    for i, node in enumerate(nodes):
+        g.add_node(i, label=_wl_label(node))
+    for i, node in enumerate(nodes):  # edges point from an operator to those feeding it: they are its neighbours
+        g.add_edges_from((i, producer[x]) for x in node.input if x in producer)
+    with warnings.catch_warnings():  # networkx notes that its directed hashes changed in 3.5 (we require >= 3.5)
+        warnings.filterwarnings("ignore", "The hashes produced for directed graphs", UserWarning)
+        hashes = nx.weisfeiler_lehman_subgraph_hashes(
+            g, node_attr="label", iterations=iterations, digest_size=8, include_initial_labels=True
+        )
+    counts: Counter[int] = Counter(int(h, 16) % dim for per_node in hashes.values() for h in per_node)
     return dict(sorted(counts.items()))

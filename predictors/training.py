@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ from predictors.encoder import DEFAULT_ENCODER, Encoder
 from predictors.metrics import all_metrics
 from predictors.predictor import Predictor, TrainOptions, train_predictor
 from predictors.zero_shot import bench_inputs, target_column
+
+log = logging.getLogger(__name__)
+
+OLD_WL_SCHEME = "nas-wl-1"  # the WL hashing of records written before they named theirs
 
 EVAL_CAP = 5000  # held-out records scored for the figures stored in a predictor file
 
@@ -90,6 +95,12 @@ def load_bench_data(
     column = ",".join(columns)
     if len(frame) < 2:
         raise UserInputError(f"bench {bench} has {len(frame)} records with a value for {target!r}; need >= 2")
+    frame["wl_scheme"] = frame["wl_scheme"].fillna(OLD_WL_SCHEME) if "wl_scheme" in frame.columns else OLD_WL_SCHEME
+    if frame["wl_scheme"].nunique() > 1:
+        log.warning(
+            "the records hold WL counts of %s hashings, which do not compare: run `nas bench upgrade` on the bench",
+            " and ".join(sorted(frame["wl_scheme"].unique())),
+        )
     texts, summaries = bench_inputs(frame, text_format)
     if not embed:
         return BenchData(frame, column, np.zeros((len(frame), 0), dtype=np.float32), summaries)
@@ -164,6 +175,7 @@ def fit(
             "records": len(train_idx),
             "records_per_space": {str(k): int(v) for k, v in part.frame["space"].value_counts().items()},
             "identities": sorted(set(identity_digests(identities(part.frame)))),
+            "wl_scheme": "+".join(sorted(part.frame["wl_scheme"].unique())),  # what its WL features were hashed by
         }
     }
     predictor = train_predictor(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import logging
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,9 +21,12 @@ import pandas as pd
 
 from nas_ground.errors import UserInputError
 from onnx_bench.activations import ACT_FEATURES, activation_summary
+from onnx_bench.graph import WL_SCHEME
 from onnx_bench.io import load_onnx
 from predictors.encoder import Encoder
 from predictors.predictor import Predictor
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PREDICTOR = "default_predictor.safetensors"
 SUMMARY_KEYS = (
@@ -35,7 +39,7 @@ SUMMARY_KEYS = (
     "wl_counts",
     *ACT_FEATURES,
 )
-DOC_VERSION = 2  # bump when a description or summary gains a field: cached documents of older versions are redone
+DOC_VERSION = 3  # bump when a description or summary gains a field: cached documents of older versions are redone
 
 
 def default_predictor_path() -> Path:
@@ -48,7 +52,18 @@ def load_predictor(path: str | Path | None = None) -> Predictor:
         path = default_predictor_path()
         if not path.is_file():
             raise UserInputError(f"no default predictor in this install ({path}); pass --predictor FILE")
-    return Predictor.load(path)
+    predictor = Predictor.load(path)
+    reads_wl = predictor.use_features and len(predictor.head.members) > 0  # the full view reads the WL counts
+    scheme = predictor.meta.get("training_data", {}).get("wl_scheme")
+    if reads_wl and scheme != WL_SCHEME:
+        log.warning(
+            "%s was trained on WL counts of another hashing (%s, not %s): its scores of new files are not "
+            "trustworthy; retrain it on an upgraded bench (`nas bench upgrade`)",
+            path,
+            scheme or "an older one",
+            WL_SCHEME,
+        )
+    return predictor
 
 
 def describe_model(model: Any, text_format: str) -> tuple[str, dict[str, Any]]:

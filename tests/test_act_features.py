@@ -102,15 +102,21 @@ def test_bench_upgrade_adds_the_columns_of_a_fresh_build(tmp_path: Path, nb201_c
 
     fresh = tmp_path / "fresh"
     build(nb201_jobs(load_nb201_table(str(nb201_csv)), limit=6), fresh, workers=1, shard_size=4)
-    expected = read_bench(fresh).set_index("arch")[list(ACT_FEATURES)]
+    columns = [*ACT_FEATURES, "wl_counts", "wl_scheme", "flops"]
+    expected = read_bench(fresh).set_index("arch")[columns]
     assert (expected["act_missing"] == 0.0).all() and expected["act_vpca"].nunique() > 1
-    for shard in shards(fresh):  # what an older version wrote: no act_* columns
-        pd.read_parquet(shard).drop(columns=list(ACT_FEATURES)).to_parquet(shard, index=False)
+    for shard in shards(fresh):  # what an older version wrote: no act_* columns, older WL hashes, flops = 2 MACs
+        old = pd.read_parquet(shard).drop(columns=[*ACT_FEATURES, "wl_scheme"])
+        old["wl_counts"] = "{}"
+        old["macs"], old["flops"] = old["flops"], 2 * old["flops"]
+        old.to_parquet(shard, index=False)
     assert "act_vpca" not in read_bench(fresh).columns
+    assert read_bench(fresh)["flops"].tolist() == expected["flops"].tolist()  # an old shard reads flops = MACs
     proc = nas("bench", "upgrade", str(fresh), "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     assert "6 records upgraded" in " ".join(proc.stdout.split())  # rich wraps long lines
-    upgraded = read_bench(fresh).set_index("arch")[list(ACT_FEATURES)]
+    upgraded = read_bench(fresh).set_index("arch")[columns]
+    assert "macs" not in read_bench(fresh).columns
     pd.testing.assert_frame_equal(upgraded.sort_index(), expected.sort_index())
     assert len(shards(fresh)) == 2 and not list(fresh.glob(".*"))
     again = nas("bench", "upgrade", str(fresh))
