@@ -239,9 +239,14 @@ class SupernetTrainer:
         apply_gradients(self.optimizer, net.parameters(), scheduler=self.scheduler, grad_clip=cfg.grad_clip)
         return teacher_loss
 
-    def train(self, on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    def train(
+        self, on_epoch: Callable[[dict[str, float]], None] | None = None, *, until: int | None = None
+    ) -> list[dict[str, float]]:
+        """Train up to ``cfg.epochs`` epochs (or stop after epoch ``until``: the schedule still spans
+        ``cfg.epochs``, so a run can be evaluated at several budgets along one schedule)."""
         cfg = self.cfg
-        while self.epoch < cfg.epochs:
+        stop = cfg.epochs if until is None else min(until, cfg.epochs)
+        while self.epoch < stop:
             epoch = self.epoch
             torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and any other torch randomness of this epoch
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)

@@ -9,6 +9,8 @@ import typer
 
 from nas.cli.app import app, err, out
 
+SPOS_SPACES = ("nasnet", "darts", "nb201")  # cell spaces: one path per step; the others train by the sandwich rule
+
 supernet_app = typer.Typer(help="Weight-sharing supernets: BigNAS sandwich or SPOS training.", no_args_is_help=True)
 
 app.add_typer(supernet_app, name="supernet")
@@ -16,7 +18,9 @@ app.add_typer(supernet_app, name="supernet")
 
 @supernet_app.command("train")
 def supernet_train(
-    space: Annotated[str, typer.Option(help="bignas, bignas-imagenet (sandwich) or nasnet, darts (spos).")] = "bignas",
+    space: Annotated[
+        str, typer.Option(help="bignas, bignas-imagenet, nbmacro (sandwich) or nasnet, darts, nb201 (spos).")
+    ] = "bignas",
     run_dir: Annotated[Path, typer.Option(help="Run directory; an existing checkpoint there is resumed.")] = Path(
         "runs/supernet"
     ),
@@ -26,8 +30,8 @@ def supernet_train(
     val_images: Annotated[int, typer.Option(help="Validation images for the per-epoch metrics.")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine down to 5%).")] = 0.05,
-    channels: Annotated[int | None, typer.Option(help="nasnet/darts: initial channels.")] = None,
-    layers: Annotated[int | None, typer.Option(help="nasnet/darts: normal cells per stage.")] = None,
+    channels: Annotated[int | None, typer.Option(help="nasnet/darts/nb201: initial channels.")] = None,
+    layers: Annotated[int | None, typer.Option(help="nasnet/darts/nb201: (normal) cells per stage.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (bfloat16 autocast on CUDA).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and sampled children.")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
@@ -36,10 +40,11 @@ def supernet_train(
     from nas.supernet import SupernetConfig, SupernetTrainer
     from nas_ground.data import load_cifar10
 
-    options = {k: v for k, v in {"channels": channels, "layers": layers}.items() if v is not None}
+    depth_key = "cells_per_stage" if space == "nb201" else "layers"
+    options = {k: v for k, v in {"channels": channels, depth_key: layers}.items() if v is not None}
     cfg = SupernetConfig(
         space=space,
-        strategy=strategy or ("spos" if space in ("nasnet", "darts") else "sandwich"),
+        strategy=strategy or ("spos" if space in SPOS_SPACES else "sandwich"),
         epochs=epochs,
         train_images=train_images,
         val_images=val_images,
