@@ -92,15 +92,26 @@ class NB201Space:
         **unknown: Any,
     ) -> nn.Module:
         self.validate(arch)
-        if unknown:
-            bad = sorted(unknown)[0]
-            raise UserInputError(f"unknown NB201 build option {bad!r}; valid: channels, cells_per_stage, num_classes")
-        for key, value, low in (("channels", channels, 1), ("cells_per_stage", cells_per_stage, 1)):
-            if value < low:
-                raise UserInputError(f"NB201 {key}={value} must be >= {low}")
-        if num_classes < 2:
-            raise UserInputError(f"num_classes={num_classes} must be >= 2")
+        check_skeleton("build", channels, cells_per_stage, num_classes, unknown)
         return NB201Network(arch, channels, cells_per_stage, num_classes)
+
+    def supernet(self, **options: Any) -> nn.Module:
+        """The SPOS weight-sharing supernet of the skeleton (options as `build`): `nb201_supernet.NB201Supernet`."""
+        from search_spaces.nb201_supernet import NB201Supernet
+
+        return NB201Supernet(**options)
+
+
+def check_skeleton(what: str, channels: int, cells_per_stage: int, num_classes: int, unknown: dict[str, Any]) -> None:
+    """Raise `UserInputError` on an unknown option or an out-of-range value of a ``what`` (build, supernet)."""
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise UserInputError(f"unknown NB201 {what} option {bad!r}; valid: channels, cells_per_stage, num_classes")
+    for key, value, low in (("channels", channels, 1), ("cells_per_stage", cells_per_stage, 1)):
+        if value < low:
+            raise UserInputError(f"NB201 {key}={value} must be >= {low}")
+    if num_classes < 2:
+        raise UserInputError(f"num_classes={num_classes} must be >= 2")
 
 
 class ReLUConvBN(nn.Sequential):
@@ -117,7 +128,8 @@ class Zero(nn.Module):
         return x.mul(0.0)
 
 
-def _make_op(op: str, c: int) -> nn.Module:
+def make_op(op: str, c: int) -> nn.Module:
+    """The module of one edge op at ``c`` channels (stride 1; only the two convs hold weights)."""
     if op == "none":
         return Zero()
     if op == "skip_connect":
@@ -134,7 +146,7 @@ class InferCell(nn.Module):
 
     def __init__(self, arch: Cell, c: int) -> None:
         super().__init__()
-        self.edges = nn.ModuleList(_make_op(op, c) for op in arch)
+        self.edges = nn.ModuleList(make_op(op, c) for op in arch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nodes = [x]
