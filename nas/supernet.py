@@ -61,6 +61,7 @@ class SupernetConfig:
     split_seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision (bfloat16 autocast) on CUDA only
+    distinct: bool = False  # sample one network uniformly (spaces with distinct_archs(): NB201), not one string
     supernet_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -184,6 +185,12 @@ class SupernetTrainer:
         wd = cfg.weight_decay if cfg.strategy == "spos" else 0.0  # sandwich: an L2 term of the largest child
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total, cfg.lr_floor))
+        self.distinct: list[Any] | None = None
+        if cfg.distinct:
+            listing = getattr(self.space, "distinct_archs", None)
+            if not callable(listing):
+                raise UserInputError(f"distinct sampling needs a space with distinct_archs(); {cfg.space!r} has none")
+            self.distinct = listing()
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         path = self.run_dir / CHECKPOINT
@@ -205,12 +212,15 @@ class SupernetTrainer:
         self.epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
 
+    def _sample(self, rng: random.Random) -> Any:
+        return self.space.sample(rng) if self.distinct is None else rng.choice(self.distinct)
+
     def _children(self, rng: random.Random) -> list[tuple[Any, bool]]:
         """(architecture, is_teacher) of one step."""
         if self.cfg.strategy == "spos":
-            return [(self.space.sample(rng), True)]
+            return [(self._sample(rng), True)]
         space: Any = self.space
-        randoms = [(space.sample(rng), False) for _ in range(self.cfg.random_children)]
+        randoms = [(self._sample(rng), False) for _ in range(self.cfg.random_children)]
         return [(space.largest(), True), (space.smallest(), False), *randoms]
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, rng: random.Random, where: str) -> float:

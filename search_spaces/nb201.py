@@ -37,6 +37,13 @@ class NB201Space:
     def sample(self, rng: random.Random) -> Cell:
         return tuple(rng.choice(OPS) for _ in EDGES)  # type: ignore[return-value]
 
+    def distinct_archs(self) -> list[Cell]:
+        """One cell per network (isomorphism class of the benchmark table in the data directory): 6,466 cells."""
+        from nas_ground.data import resolve_data_dir
+        from search_spaces.nb201_supernet import distinct_cells
+
+        return distinct_cells(resolve_data_dir(None) / "nb201" / "nb201.csv")
+
     def mutate(self, arch: Cell, rng: random.Random) -> Cell:
         self.validate(arch)
         k = rng.randrange(len(EDGES))

@@ -114,3 +114,22 @@ def test_distinct_cells_are_one_per_network_of_the_table(nb201_csv: Path):
     assert all(sample_distinct(rng, cells) in cells for _ in range(10))
     with pytest.raises(UserInputError, match="missing.csv"):
         distinct_cells(nb201_csv.parent / "missing.csv")
+
+
+def test_distinct_sampling_draws_only_one_cell_per_network(tmp_path: Path, data_dir: Path):
+    from nas_ground.data import load_cifar10
+
+    options = {"channels": 4, "cells_per_stage": 1}
+    cfg = SupernetConfig(
+        space="nb201", strategy="spos", epochs=1, train_images=32, val_images=32, batch_size=8, distinct=True,
+        supernet_options=options,
+    )  # fmt: skip
+    trainer = SupernetTrainer(tmp_path, cfg, load_cifar10(data_dir))
+    representatives = set(trainer.space.distinct_archs())  # type: ignore[attr-defined]
+    assert len(representatives) == 6466
+    rng = random.Random(0)
+    drawn = [trainer._children(rng)[0][0] for _ in range(300)]
+    assert set(drawn) <= representatives and len(set(drawn)) > 250
+    trainer.distinct = None  # the default: one of the 15,625 strings, most of them not their class's representative
+    strings = [trainer._children(rng)[0][0] for _ in range(300)]
+    assert len(set(strings) - representatives) > 100

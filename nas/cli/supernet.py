@@ -34,6 +34,9 @@ def supernet_train(
     layers: Annotated[int | None, typer.Option(help="nasnet/darts/nb201: (normal) cells per stage.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (bfloat16 autocast on CUDA).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and sampled children.")] = 0,
+    distinct: Annotated[
+        bool, typer.Option(help="Sample one network per draw, not one string (nb201: isomorphic cells count once).")
+    ] = False,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
 ) -> None:
     """Train a supernet, one checkpoint per epoch; run it again to resume after an interruption."""
@@ -53,6 +56,7 @@ def supernet_train(
         device=device,
         seed=seed,
         supernet_options=options,
+        distinct=distinct,
     )
     trainer = SupernetTrainer(run_dir, cfg, load_cifar10(data_dir))
     if trainer.epoch:
