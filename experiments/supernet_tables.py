@@ -174,13 +174,14 @@ def main(
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine to 5%).")] = 0.05,
     recal: Annotated[int, typer.Option(help="Training batches that recalibrate BN before a child is scored.")] = 8,
     distinct: Annotated[bool, typer.Option(help="Train on one network per isomorphism class (NB201).")] = False,
+    threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared 2-core machine).")] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda (bfloat16 autocast).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the supernet and of the network sample.")] = 0,
     data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
     out: Annotated[str, typer.Option(help="Checkpoint and caches (resumable).")] = "runs/supernet-tables",
     key: Annotated[str | None, typer.Option(help="Result key (default: supernet-tables-SPACE[-DEVICE]).")] = None,
 ) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     epochs = sorted(int(b) for b in budgets.split(","))
     options = {k: v for k, v in {"channels": channels, "cells_per_stage": cells}.items() if v is not None}
     suffix = ("-distinct" if distinct else "") + (f"-{device}" if device != "cpu" else "")

@@ -16,6 +16,8 @@ from search_spaces.base import InvalidArchitecture
 if TYPE_CHECKING:
     import optuna
 
+    from search_spaces.nbmacro_supernet import MacroSupernet
+
 # Digit -> (kernel, expansion); 0 is the identity.
 CHOICES: dict[int, tuple[int, int] | None] = {0: None, 1: (3, 3), 2: (5, 6)}
 STAGES: tuple[int, ...] = (2, 3, 3)  # searchable layers per stage; each stage's first layer has stride 2
@@ -55,6 +57,14 @@ class NBMacroSpace:
 
     name = "nbmacro"
     input_shape = (3, 32, 32)
+
+    def largest(self) -> MacroArch:
+        """Every layer MBConv k5 t6."""
+        return (2,) * LAYERS
+
+    def smallest(self) -> MacroArch:
+        """Every layer the identity (a 1x1 stride-2 projection at each stage's first layer)."""
+        return (0,) * LAYERS
 
     def sample(self, rng: random.Random) -> MacroArch:
         return canonical(tuple(rng.choice(tuple(CHOICES)) for _ in range(LAYERS)))
@@ -97,6 +107,21 @@ class NBMacroSpace:
         if num_classes < 2:
             raise UserInputError(f"num_classes={num_classes} must be >= 2")
         return MacroNetwork(canonical(arch), num_classes)
+
+    def supernet(self, *, num_classes: int = 10, dropout: float = 0.0, **unknown: Any) -> MacroSupernet:
+        """The weight-sharing supernet (`search_spaces.nbmacro_supernet`), active on the largest child; ``dropout``
+        is before the classifier."""
+        from search_spaces.nbmacro_supernet import MacroSupernet
+
+        if unknown:
+            raise UserInputError(
+                f"unknown NAS-Bench-Macro supernet option {sorted(unknown)[0]!r}; valid: num_classes, dropout"
+            )
+        if type(num_classes) is not int or num_classes < 2:
+            raise UserInputError(f"num_classes={num_classes!r} must be an integer >= 2")
+        if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise UserInputError(f"dropout={dropout!r} must be in [0, 1)")
+        return MacroSupernet(self, num_classes=num_classes, dropout=float(dropout))
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1, relu: bool = True) -> nn.Sequential:
