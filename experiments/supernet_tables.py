@@ -9,7 +9,8 @@ statistics recalibrated on training batches, and scored on ``--eval-images`` hel
 CIFAR-10 validation accuracy after 200 epochs, and test accuracy; Macro: the mean of its three runs), beside
 #params, FLOPs, the W-PCA proxy and the shipped predictor (trained on both tables) on the same networks, and
 (Macro) the count of non-identity layers. A second evaluation of the first ``--check-networks`` networks on
-``--check-images`` images shows whether a larger evaluation subset changes the ranking. Everything is cached under ``--out`` (resumable).
+``--check-images`` images shows whether a larger evaluation subset changes the ranking. Everything is cached under
+``--out`` (resumable).
 """
 
 from __future__ import annotations
