@@ -134,6 +134,7 @@ def test_naswot_v1_differentiates_the_classifier_input(data_dir: Path):
     assert compute_proxies(model, ["naswot_v1"], batch)["naswot_v1"] == score
 
 
+@pytest.mark.slow  # ten full-size NB201 networks, Jacobians of 256 images: 17-27 s
 def test_naswot_v1_agrees_with_the_published_scores(data_dir: Path, nb201_csv: Path):
     from nas.tables import load_nb201_table
     from predictors.proxies.data import image_batch
