@@ -16,7 +16,6 @@ CIFAR-10 validation accuracy after 200 epochs, and test accuracy; Macro: the mea
 from __future__ import annotations
 
 import csv
-import random
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +26,7 @@ import typer
 
 from experiments.record import record
 from nas.supernet import SupernetConfig, SupernetTrainer, recalibrate_bn
-from nas.tables import load_nbmacro_table, nb201_table_path, nbmacro_table_path
+from nas.tables import load_nbmacro_table, nb201_table_path, nbmacro_table_path, nested_sample
 from nas.train import VAL_POOL, evaluate_accuracy
 from nas_ground.data import load_cifar10, split_train_val
 from nas_ground.jsonl import JsonLines
@@ -166,6 +165,9 @@ def main(
     ] = "1,2,4",
     train_images: Annotated[int, typer.Option(help="Training images per epoch (of the 40,000-image split).")] = 40000,
     networks: Annotated[int, typer.Option(help="Distinct networks of the table scored per budget.")] = 1000,
+    early_networks: Annotated[
+        int | None, typer.Option(help="Networks scored at the budgets before the last (default: --networks).")
+    ] = None,
     eval_count: Annotated[int, typer.Option("--eval-images", help="Held-out images per child.")] = 1000,
     check_networks: Annotated[int, typer.Option(help="Networks scored again on --check-images.")] = 200,
     check_images: Annotated[int, typer.Option(help="The larger held-out subset of the check.")] = 5000,
@@ -175,6 +177,7 @@ def main(
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine to 5%).")] = 0.05,
     recal: Annotated[int, typer.Option(help="Training batches that recalibrate BN before a child is scored.")] = 8,
     distinct: Annotated[bool, typer.Option(help="Train on one network per isomorphism class (NB201).")] = False,
+    fair: Annotated[bool, typer.Option(help="Strict fairness: every op of every edge once per cycle (NB201).")] = False,
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared 2-core machine).")] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda (bfloat16 autocast).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the supernet and of the network sample.")] = 0,
@@ -185,11 +188,11 @@ def main(
     torch.set_num_threads(threads)
     epochs = sorted(int(b) for b in budgets.split(","))
     options = {k: v for k, v in {"channels": channels, "cells_per_stage": cells}.items() if v is not None}
-    suffix = ("-distinct" if distinct else "") + (f"-{device}" if device != "cpu" else "")
+    suffix = ("-distinct" if distinct else "") + ("-fair" if fair else "") + (f"-{device}" if device != "cpu" else "")
     root = Path(out) / f"{space}{suffix}"
     data = load_cifar10(data_dir)
     truth_rows = table_networks(space, data_dir)
-    archs = random.Random(seed).sample(sorted(truth_rows), min(networks, len(truth_rows)))
+    archs = nested_sample(sorted(truth_rows), min(networks, len(truth_rows)), seed)
     cfg = SupernetConfig(
         space=space,
         strategy=STRATEGY[space],
@@ -203,6 +206,7 @@ def main(
         seed=seed,
         supernet_options=options,
         distinct=distinct,
+        fair=fair,
     )
     trainer = SupernetTrainer(root / "supernet", cfg, data)
     x_eval, y_eval = eval_images(data, eval_count)
@@ -211,10 +215,13 @@ def main(
     results: dict[str, Any] = {"budgets": {}, "networks": len(archs), "distinct_in_table": len(truth_rows)}
     for budget in epochs:
         trainer.train(lambda row: print(space, row, flush=True), until=budget)
-        scores = score_children(trainer, archs, JsonLines(root / f"children-e{budget}.jsonl", "arch"), x_eval, y_eval)
+        # The sample is nested: a budget scored on fewer networks scores the first ones of the larger sample.
+        scored = archs if budget == epochs[-1] or early_networks is None else archs[:early_networks]
+        scores = score_children(trainer, scored, JsonLines(root / f"children-e{budget}.jsonl", "arch"), x_eval, y_eval)
         seconds = scores.pop("_seconds")
-        tau, rho = _taus(scores, truth, archs)
+        tau, rho = _taus(scores, truth, scored)
         row: dict[str, Any] = {
+            "networks": len(scored),
             "tau": tau,
             "rho": rho,
             "eval_seconds_per_child": seconds,
@@ -222,7 +229,7 @@ def main(
             "mean_accuracy": float(np.mean(list(scores.values()))),
         }
         if space == "nb201":
-            row["tau_test"] = _taus(scores, {a: truth_rows[a]["test_accuracy"] for a in archs}, archs)[0]
+            row["tau_test"] = _taus(scores, {a: truth_rows[a]["test_accuracy"] for a in scored}, scored)[0]
         if budget == epochs[-1]:  # the larger evaluation subset, at the longest budget
             check = archs[:check_networks]
             big = score_children(trainer, check, JsonLines(root / f"check-e{budget}.jsonl", "arch"), x_check, y_check)
@@ -234,7 +241,7 @@ def main(
                 "tau_small_subset": _taus(scores, truth, check)[0],
                 "tau_large_subset": _taus(big, truth, check)[0],
             }
-        results["budgets"][str(budget)] = {**row, "accuracies": {a: scores[a] for a in archs}}
+        results["budgets"][str(budget)] = {**row, "accuracies": {a: scores[a] for a in scored}}
         print(space, budget, row, flush=True)
     baselines = {"#params": {a: truth_rows[a]["params"] for a in archs}}
     if space == "nbmacro":
@@ -251,24 +258,26 @@ def main(
     results["config"] = {**cfg.__dict__, "eval_images": eval_count, "check_images": check_images}
     variant = "benchmark skeleton" if not options else f"variant {options}"
     sampling = ", one network per isomorphism class per draw" if distinct else ""
+    sampling += ", strict fairness (every op of every edge once per 5 steps)" if fair else ""
     truth_name = "CIFAR-10 validation accuracy after 200 epochs" if space == "nb201" else "mean accuracy of its 3 runs"
     kind = "NAS-Bench-201, SPOS one-shot supernet" if space == "nb201" else "NAS-Bench-Macro, BigNAS sandwich supernet"
     lines = [
         f"{kind} ({variant}{sampling}); trained on {train_images} training images per epoch, batch {batch_size}, "
         f"lr {lr} (one cosine schedule to 5% over {epochs[-1]} epochs, scored after each budget), device {device}, "
         f"seed {seed}. "
-        f"{len(archs)} distinct networks of the table's {len(truth_rows)} (seeded sample), each extracted, its BN "
+        f"{len(archs)} distinct networks of the table's {len(truth_rows)} (seeded sample; budgets before the last "
+        f"score the first of them, column 'networks'), each extracted, its BN "
         f"statistics recalibrated on {recal} training batches and scored on the first {eval_count} images of the "
         f"held-out validation pool; truth: the table's {truth_name}.\n",
-        "| budget (epochs) | Kendall tau | Spearman rho | "
+        "| budget (epochs) | networks | Kendall tau | Spearman rho | "
         + ("tau vs test acc | " if space == "nb201" else "")
         + "supernet images/s | s per child |",
-        "|---|---|---|" + ("---|" if space == "nb201" else "") + "---|---|",
+        "|---|---|---|---|" + ("---|" if space == "nb201" else "") + "---|---|",
     ]
     for budget in epochs:
         r = results["budgets"][str(budget)]
         lines.append(
-            f"| {budget} | **{r['tau']:.3f}** | {r['rho']:.3f} | "
+            f"| {budget} | {r.get('networks', len(archs))} | **{r['tau']:.3f}** | {r['rho']:.3f} | "
             + (f"{r['tau_test']:.3f} | " if space == "nb201" else "")
             + f"{r['images_per_s']:.0f} | {r['eval_seconds_per_child']:.2f} |"
         )

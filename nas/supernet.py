@@ -62,6 +62,7 @@ class SupernetConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision (bfloat16 autocast) on CUDA only
     distinct: bool = False  # sample one network uniformly (spaces with distinct_archs(): NB201), not one string
+    fair: bool = False  # strict fairness (spaces with fair_archs(): NB201): every op of every edge once per cycle
     supernet_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,8 @@ class SupernetConfig:
             raise UserInputError(f"unknown supernet strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
         if not self.lr > 0 or not 0 <= self.lr_floor <= 1:
             raise UserInputError(f"lr={self.lr} must be > 0 and lr_floor={self.lr_floor} in [0, 1]")
+        if self.distinct and self.fair:
+            raise UserInputError("distinct and fair sampling exclude each other; choose one")
         if self.random_children < 0:
             raise UserInputError(f"random_children={self.random_children} must be >= 0")
 
@@ -191,6 +194,9 @@ class SupernetTrainer:
             if not callable(listing):
                 raise UserInputError(f"distinct sampling needs a space with distinct_archs(); {cfg.space!r} has none")
             self.distinct = listing()
+        if cfg.fair and not callable(getattr(self.space, "fair_archs", None)):
+            raise UserInputError(f"fair sampling needs a space with fair_archs(); {cfg.space!r} has none")
+        self._fair_queue: list[Any] = []
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         path = self.run_dir / CHECKPOINT
@@ -213,6 +219,10 @@ class SupernetTrainer:
         self.history = list(ckpt["history"])
 
     def _sample(self, rng: random.Random) -> Any:
+        if self.cfg.fair:
+            if not self._fair_queue:
+                self._fair_queue = list(self.space.fair_archs(rng))  # type: ignore[attr-defined]
+            return self._fair_queue.pop(0)
         return self.space.sample(rng) if self.distinct is None else rng.choice(self.distinct)
 
     def _children(self, rng: random.Random) -> list[tuple[Any, bool]]:
@@ -261,6 +271,7 @@ class SupernetTrainer:
             torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and any other torch randomness of this epoch
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
             rng = random.Random(cfg.seed * 1000 + epoch)
+            self._fair_queue = []  # a fairness cycle never spans epochs: resume stays exact
             self.net.train()
             start, losses = time.perf_counter(), []
             for step, idx in enumerate(minibatches(len(self.data.x_train), cfg.batch_size, gen)):

@@ -6,11 +6,15 @@ import csv
 import functools
 import json
 import math
+import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nas_ground.data import DataError, resolve_data_dir
 from nas_ground.errors import UserInputError
+
+T = TypeVar("T")
 
 NB201_FILE = "nb201/nb201.csv"
 NBMACRO_FILE = "nas-bench-macro_cifar10.json"
@@ -70,3 +74,19 @@ def nbmacro_table_path(data_dir: str | Path | None) -> Path:
     if not path.is_file():
         raise DataError(f"NAS-Bench-Macro table not found: {path}")
     return path
+
+
+def nested_sample(population: Sequence[T], k: int, seed: int) -> list[T]:
+    """``k`` distinct items drawn uniformly, where the sample of ``k`` begins with the sample of any smaller ``k``
+    (so a larger experiment extends a smaller one's cached results). Equal to ``random.Random(seed).sample`` whenever
+    that one draws by rejection (``k`` well below the population size)."""
+    rng, chosen, out = random.Random(seed), set[int](), list[T]()
+    n = len(population)
+    if not 0 <= k <= n:
+        raise ValueError(f"cannot draw {k} distinct items from {n}")
+    while len(out) < k:
+        j = rng.randrange(n)
+        if j not in chosen:
+            chosen.add(j)
+            out.append(population[j])
+    return out

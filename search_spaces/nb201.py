@@ -44,6 +44,12 @@ class NB201Space:
 
         return distinct_cells(resolve_data_dir(None) / "nb201" / "nb201.csv")
 
+    def fair_archs(self, rng: random.Random) -> list[Cell]:
+        """Strict fairness (FairNAS, arXiv 1907.01845): ``len(OPS)`` cells in which every edge takes every op exactly
+        once (an independent random permutation of the ops per edge)."""
+        columns = [rng.sample(OPS, len(OPS)) for _ in EDGES]
+        return [tuple(col[i] for col in columns) for i in range(len(OPS))]  # type: ignore[misc]
+
     def mutate(self, arch: Cell, rng: random.Random) -> Cell:
         self.validate(arch)
         k = rng.randrange(len(EDGES))

@@ -12,7 +12,7 @@ from nas.supernet import SupernetConfig, SupernetTrainer, load_checkpoint, super
 from nas.tables import load_nb201_identities
 from nas_ground.cost import count_params
 from search_spaces import InvalidArchitecture, UserInputError, get_space
-from search_spaces.nb201 import Cell, NB201Network
+from search_spaces.nb201 import OPS, Cell, NB201Network
 from search_spaces.nb201_supernet import NB201Supernet, distinct_cells, sample_distinct
 
 CELLS = [
@@ -133,3 +133,28 @@ def test_distinct_sampling_draws_only_one_cell_per_network(tmp_path: Path, data_
     trainer.distinct = None  # the default: one of the 15,625 strings, most of them not their class's representative
     strings = [trainer._children(rng)[0][0] for _ in range(300)]
     assert len(set(strings) - representatives) > 100
+
+
+def test_fair_sampling_gives_every_op_of_every_edge_once_per_cycle(tmp_path: Path, data_dir: Path):
+    from nas_ground.data import load_cifar10
+
+    options = {"channels": 4, "cells_per_stage": 1}
+    cfg = SupernetConfig(
+        space="nb201", strategy="spos", epochs=1, train_images=32, val_images=32, batch_size=8, fair=True,
+        supernet_options=options,
+    )  # fmt: skip
+    trainer = SupernetTrainer(tmp_path, cfg, load_cifar10(data_dir))
+    rng = random.Random(0)
+    drawn = [trainer._children(rng)[0][0] for _ in range(4 * len(OPS))]
+    for start in range(0, len(drawn), len(OPS)):
+        cycle = drawn[start : start + len(OPS)]
+        assert all(sorted(cell[e] for cell in cycle) == sorted(OPS) for e in range(6))
+    assert len(set(drawn)) > len(OPS)  # the cycles differ: permutations, not one fixed rotation
+    trainer.train()  # trains; the checkpoint records the sampling
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["fair"] is True
+    with pytest.raises(UserInputError, match="exclude each other"):
+        SupernetConfig(space="nb201", strategy="spos", distinct=True, fair=True)
+    with pytest.raises(UserInputError, match="fair_archs"):
+        SupernetTrainer(
+            tmp_path / "m", SupernetConfig(space="nbmacro", fair=True, train_images=32), load_cifar10(data_dir)
+        )

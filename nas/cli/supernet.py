@@ -37,6 +37,9 @@ def supernet_train(
     distinct: Annotated[
         bool, typer.Option(help="Sample one network per draw, not one string (nb201: isomorphic cells count once).")
     ] = False,
+    fair: Annotated[
+        bool, typer.Option(help="Strict fairness (nb201): every op of every edge equally often, cycle by cycle.")
+    ] = False,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
 ) -> None:
     """Train a supernet, one checkpoint per epoch; run it again to resume after an interruption."""
@@ -57,6 +60,7 @@ def supernet_train(
         seed=seed,
         supernet_options=options,
         distinct=distinct,
+        fair=fair,
     )
     trainer = SupernetTrainer(run_dir, cfg, load_cifar10(data_dir))
     if trainer.epoch:
