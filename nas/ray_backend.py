@@ -14,7 +14,9 @@ import os
 import random
 import re
 import socket
+import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,20 +57,28 @@ class RayOptions:
 class Outcome:
     """One evaluation as plain data: what a task returns and what the study is told."""
 
-    status: str  # "complete"; "failed" (TrialFailed: reason); "screened" (Screened: reason and metrics)
+    status: str  # "complete"; "failed" (any exception of the evaluation: reason, traceback); "screened"
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     worker: dict[str, Any] = field(default_factory=dict)  # where it ran (tasks only): node id, host, pid
+    traceback: str = ""  # a failure other than TrialFailed: where it was raised
+    files: dict[str, bytes] = field(default_factory=dict)  # tasks: artifacts (trained weights), by file name
 
 
-def evaluate_outcome(evaluator: Evaluator, arch: Any) -> Outcome:
-    """Evaluate ``arch``; an evaluation that fails for a recordable reason or is screened out is an outcome too."""
+def evaluate_outcome(evaluator: Evaluator, arch: Any, seed: int | None = None) -> Outcome:
+    """Evaluate ``arch`` (training seeded by ``seed``); every way an evaluation can end is an outcome: completed,
+    screened out, or failed with its reason; an exception other than `TrialFailed` (a bug, CUDA out of memory, a
+    corrupt cached file) fails the trial with its traceback instead of stopping the search."""
     try:
-        metrics = evaluator.evaluate(arch)
+        metrics = evaluator.evaluate(arch, seed=seed)
     except TrialFailed as exc:
         return Outcome("failed", reason=str(exc))
     except Screened as exc:
         return Outcome("screened", dict(exc.metrics), str(exc))
+    except Exception as exc:  # anything else the evaluation raised belongs to this trial alone
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {first}"[:500] if first else type(exc).__name__
+        return Outcome("failed", reason=reason, traceback=traceback.format_exc()[-8000:])
     return Outcome("complete", metrics)
 
 
@@ -87,18 +97,13 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         raise UserInputError(f"cannot connect to the Ray cluster at {address!r}: {exc.strerror or exc}") from exc
 
 
-def trial_seed(seed: int, number: int) -> int:
-    return (seed * 1_000_003 + number) % 2**32
-
-
 # Worker side: the space and evaluator of the last job this worker process saw, keyed by the job's JSON.
 _CACHE: dict[str, tuple[SearchSpace[Any], Evaluator]] = {}
 
 
-def _evaluate_task(
-    job: str, arch: str, number: int, seed: int, threads: int, history: list[dict[str, float]] | None
-) -> Outcome:
-    """A Ray task: rebuild (once per process) the job's space and evaluator, seed, evaluate ``arch``."""
+def _evaluate_task(job: str, arch: str, seed: int, threads: int, history: list[dict[str, float]] | None) -> Outcome:
+    """A Ray task: rebuild (once per process) the job's space and evaluator, seed, evaluate ``arch``; the outcome
+    carries the files the evaluation wrote (trained weights), for a driver that does not share this filesystem."""
     import numpy as np
     import ray
     import torch
@@ -107,9 +112,13 @@ def _evaluate_task(
         _CACHE.clear()  # one evaluator per process: a training evaluator holds its data set
         spec = json.loads(job)
         space = get_space(spec["space"], **spec["space_options"])
-        _CACHE[job] = (space, make_evaluator(spec["evaluator"], space, **spec["evaluator_options"]))
+        # Artifacts go to this node's scratch space, never straight into the run directory (which this node may not
+        # see): the driver writes what the outcome carries into its own run directory.
+        scratch = tempfile.mkdtemp(prefix="nas-task-")
+        options = {**spec["evaluator_options"], "artifacts_dir": scratch}
+        _CACHE[job] = (space, make_evaluator(spec["evaluator"], space, **options))
     space, evaluator = _CACHE[job]
-    s = trial_seed(seed, number)
+    s = seed
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
@@ -117,7 +126,15 @@ def _evaluate_task(
     if history is not None:
         evaluator.restore(history)  # type: ignore[attr-defined]
     start = time.perf_counter()
-    outcome = evaluate_outcome(evaluator, space.decode(arch))
+    decoded = space.decode(arch)
+    outcome = evaluate_outcome(evaluator, decoded, s)
+    artifacts = getattr(evaluator, "artifacts", None)
+    if callable(artifacts):  # written to this node's scratch directory: they travel back with the outcome
+        for path in artifacts(decoded):
+            if path.is_file():
+                if outcome.status == "complete":
+                    outcome.files[path.name] = path.read_bytes()
+                path.unlink()
     outcome.worker = {
         "node": ray.get_runtime_context().get_node_id(),
         "host": socket.gethostname(),
@@ -143,10 +160,9 @@ class RayBackend:
     (a runtime started here shuts down with it).
     """
 
-    def __init__(self, options: RayOptions, job: dict[str, Any], seed: int) -> None:
+    def __init__(self, options: RayOptions, job: dict[str, Any]) -> None:
         self.options = options
         self.job = json.dumps(job, sort_keys=True)
-        self.seed = seed
         self.workers = options.workers or 1
         self.threads = max(1, int(options.cpus_per_trial))
         self.init_seconds = 0.0
@@ -208,21 +224,36 @@ class RayBackend:
             ray.shutdown()
             self._owns_connection = False
 
-    def submit(self, number: int, arch: str, history: list[dict[str, float]] | None = None) -> Any:
-        """Start evaluating trial ``number``'s architecture; returns the task's reference."""
-        ref = self._remote.remote(self.job, arch, number, self.seed, self.threads, history)
+    def submit(self, arch: str, seed: int, history: list[dict[str, float]] | None = None) -> Any:
+        """Start evaluating an architecture with training seed ``seed``; returns the task's reference."""
+        ref = self._remote.remote(self.job, arch, seed, self.threads, history)
         self._pending.add(ref)
         return ref
 
-    def next_ready(self, refs: list[Any]) -> Any:
-        """Block until one of ``refs`` is done; return it. Warns while no live node could run a task."""
+    def next_ready(self, refs: list[Any], timeout: float | None = None) -> Any:
+        """Block until one of ``refs`` is done and return it, or None after ``timeout`` seconds. Warns while no
+        live node could run a task."""
         import ray
 
+        end = None if timeout is None else time.monotonic() + timeout
         while True:
-            ready, _ = ray.wait(refs, num_returns=1, timeout=STALL_CHECK_S)
+            wait = STALL_CHECK_S if end is None else max(0.0, min(STALL_CHECK_S, end - time.monotonic()))
+            ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
             if ready:
                 return ready[0]
+            if end is not None and time.monotonic() >= end:
+                return None
             self._check_capacity(strict=self._started_here)
+
+    def cancel(self, ref: Any) -> None:
+        """Stop a task (its worker process is killed; Ray starts another)."""
+        import ray
+
+        self._pending.discard(ref)
+        try:
+            ray.cancel(ref, force=True)
+        except Exception as err:  # best effort: the task may have finished meanwhile
+            log.debug("cancel failed: %s", err)
 
     def result(self, ref: Any) -> Outcome:
         """The outcome of a finished task. Raises `WorkerLost` for infrastructure failures; an exception the

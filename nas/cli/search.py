@@ -53,6 +53,13 @@ def search(
     layers: Annotated[int | None, typer.Option(help="nasnet: normal cells per stage (N).")] = None,
     device: Annotated[str | None, typer.Option(help="train: auto, cpu or cuda.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
+    trial_timeout: Annotated[
+        float | None, typer.Option(help="Ray: seconds after which a trial is stopped and fails with that reason.")
+    ] = None,
+    heartbeat: Annotated[
+        float | None,
+        typer.Option(help="Seconds between heartbeats of running trials [default: 10]; silent 6 beats: owner gone."),
+    ] = None,
     predictor: Annotated[Path | None, typer.Option(help="predictor evaluators: predictor file.")] = None,
     supernet: Annotated[Path | None, typer.Option(help="supernet evaluator: RUN_DIR/checkpoint.pt.")] = None,
     workers: Annotated[
@@ -84,6 +91,8 @@ def search(
         "run_dir": str(run_dir) if run_dir else None,
         "data_dir": str(data_dir) if data_dir else None,
         "timeout": timeout,
+        "trial_timeout": trial_timeout,
+        "heartbeat": heartbeat,
         "workers": workers,
         "ray_address": ray_address,
         "cpus_per_trial": cpus_per_trial,

@@ -18,7 +18,10 @@ class TrialFailed(RuntimeError):
 class Evaluator(Protocol):
     metrics: tuple[str, ...]  # what evaluate() returns; objectives are chosen among these
 
-    def evaluate(self, arch: Any) -> dict[str, float]: ...
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
+        """The metrics of ``arch``. ``seed``: the trial's training seed (the search derives it from its own seed and
+        the trial number); evaluators without training randomness ignore it, None means the evaluator's default."""
+        ...
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
         """Figures reported for Pareto members only (test accuracy): never used for search decisions."""

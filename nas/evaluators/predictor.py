@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,7 +66,7 @@ class PredictorEvaluator:
             raise UserInputError(f"unknown predictor evaluator option {unknown[0]!r}; valid: predictor, {BUILD_KEYS}")
         self.scorer = _PredictorScorer(space, predictor, options)
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
         return self.scorer.score(arch)
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
@@ -116,7 +117,7 @@ class PredictorTrainEvaluator:
     def _dominated(self, score: float, params: float) -> bool:
         return any(s >= score and p <= params and (s > score or p < params) for s, p in self.screened)
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
         cheap = self.scorer.score(arch)
         dominated = self._dominated(cheap["score"], cheap["params"])
         self.screened.append((cheap["score"], cheap["params"]))
@@ -124,10 +125,13 @@ class PredictorTrainEvaluator:
             raise Screened(f"screened out: predicted score {cheap['score']:.4g} dominated", cheap)
         # The architecture's params/FLOPs/latency were measured by the screen: only the training is left.
         score = cheap.pop("score")
-        return {**cheap, **self.train.fit(arch, self.train.build(arch)), "score": score}
+        return {**cheap, **self.train.fit(arch, self.train.build(arch, seed), seed), "score": score}
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
         return self.train.final_metrics(arch)
 
     def model(self, arch: Any) -> nn.Module:
         return self.train.model(arch)
+
+    def artifacts(self, arch: Any) -> list[Path]:
+        return self.train.artifacts(arch)

@@ -64,7 +64,7 @@ class ProxyEvaluator:
         self.proxy = self.scorer.names[0]
         self.metrics: tuple[str, ...] = tuple(dict.fromkeys((self.proxy, "params", "flops", "latency_ms")))
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
 
         model = self.scorer.build(arch)
         values = self.scorer.values(arch, model)
@@ -142,7 +142,7 @@ class EnsembleEvaluator:
         ref = np.where(np.isfinite(ref), ref, -np.inf)
         return float(((ref < value).sum() + 0.5 * (ref == value).sum()) / len(ref))
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
         model = self.scorer.build(arch)
         values = self._members(arch, model)
         score = float(np.mean([self.percentile(m, values[m]) for m in self.members]))

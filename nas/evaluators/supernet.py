@@ -59,7 +59,7 @@ class SupernetEvaluator:
             recalibrate_bn(child, self.recal)
         return child.eval()
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
         child = self.model(arch)
         acc = evaluate_accuracy(child, self.data.x_val, self.data.y_val, device=self.device)
         return {"accuracy": acc, **profile(child.cpu(), example_input(self.space))}

@@ -67,7 +67,7 @@ class TableEvaluator:
     def row(self, arch: Any) -> dict[str, float]:
         return self.table[self.space.encode(arch)]
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
         row = self.row(arch)
         metrics = {
             "accuracy": row[TABLE_COLUMNS["accuracy"]],
@@ -119,7 +119,7 @@ class MacroTableEvaluator:
     def row(self, arch: Any) -> dict[str, Any]:
         return self.table[self.space.encode(arch)]
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
         row = self.row(arch)
         return {"accuracy": float(row["test_acc"][0]), "params": float(row["params"]), "flops": float(row["flops"])}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -73,22 +74,25 @@ class TrainEvaluator:
         self.test_images = min(test_images, len(self.data.test_y))  # SST-2 test: 1,821 sentences
         self.build(self.space.sample(random.Random(0)))
 
-    def build(self, arch: Any) -> nn.Module:
-        torch.manual_seed(self.config.seed)
+    def build(self, arch: Any, seed: int | None = None) -> nn.Module:
+        """The untrained network, its initial weights seeded by ``seed`` (default: the training config's)."""
+        torch.manual_seed(self.config.seed if seed is None else seed)
         return self.space.build(arch, **self.build_options)
 
-    def evaluate(self, arch: Any) -> dict[str, float]:
-        model = self.build(arch)
-        return {**profile(model, example_input(self.space)), **self.fit(arch, model)}
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
+        model = self.build(arch, seed)
+        return {**profile(model, example_input(self.space)), **self.fit(arch, model, seed)}
 
-    def fit(self, arch: Any, model: nn.Module) -> dict[str, float]:
-        """Train ``model`` (built by `build`); save its weights; accuracy, seconds and loss."""
+    def fit(self, arch: Any, model: nn.Module, seed: int | None = None) -> dict[str, float]:
+        """Train ``model`` (built by `build`) with data order and augmentation seeded by ``seed``; save its weights;
+        accuracy, seconds and loss."""
+        config = self.config if seed is None else dataclasses.replace(self.config, seed=seed)
         try:
-            if isinstance(self.data, SST2) and isinstance(self.config, TextTrainConfig):
-                result: Any = train_text_model(model, self.data, self.config)
+            if isinstance(self.data, SST2) and isinstance(config, TextTrainConfig):
+                result: Any = train_text_model(model, self.data, config)
             else:
-                assert isinstance(self.data, Cifar10) and isinstance(self.config, TrainConfig)
-                result = train_model(model, self.data, self.config)
+                assert isinstance(self.data, Cifar10) and isinstance(config, TrainConfig)
+                result = train_model(model, self.data, config)
         except Diverged as exc:
             raise TrialFailed(f"diverged: {exc}") from exc
         if self.artifacts_dir is not None:
@@ -103,6 +107,10 @@ class TrainEvaluator:
             if path.exists():
                 model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
+
+    def artifacts(self, arch: Any) -> list[Path]:
+        """The files `evaluate` writes for ``arch`` (its trained weights), which the front's export needs."""
+        return [] if self.artifacts_dir is None else [weights_path(self.artifacts_dir, self.space.encode(arch))]
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
         """Test accuracy on the first ``test_images`` CIFAR-10 test images (all 10,000 by default; SST-2: all

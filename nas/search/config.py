@@ -27,6 +27,8 @@ class SearchConfig:
     storage: str | None = None
     data_dir: str | None = None
     timeout: float | None = None  # seconds: no new trial starts after this (wall clock of this invocation)
+    heartbeat: float = 10.0  # seconds between heartbeats of a running trial; silent for 6 beats: owner gone
+    trial_timeout: float | None = None  # Ray: seconds after which a trial's task is cancelled and the trial fails
     space_options: dict[str, Any] = field(default_factory=dict)
     evaluator_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +51,10 @@ class SearchConfig:
             self.objectives = default_objectives(self.evaluator)
         elif isinstance(self.objectives, str):
             self.objectives = [o for o in self.objectives.split(",") if o]
+        if not float(self.heartbeat) > 0:
+            raise UserInputError(f"heartbeat={self.heartbeat} must be > 0 seconds")
+        if self.trial_timeout is not None and not float(self.trial_timeout) > 0:
+            raise UserInputError(f"trial_timeout={self.trial_timeout} must be > 0 seconds")
 
     def parsed_objectives(self) -> list[tuple[str, str]]:
         out = []
@@ -90,7 +96,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def ray_options(cfg: SearchConfig) -> RayOptions | None:
     """The Ray settings of a configuration: None (the local loop) unless it names workers or a Ray address."""
     if cfg.workers is None and cfg.ray_address is None:
-        for key in ("cpus_per_trial", "gpus_per_trial"):
+        for key in ("cpus_per_trial", "gpus_per_trial", "trial_timeout"):
             if getattr(cfg, key) is not None:
                 raise UserInputError(f"{key} needs Ray: give workers (--workers) or a Ray address (--ray-address)")
         return None
@@ -100,3 +106,9 @@ def ray_options(cfg: SearchConfig) -> RayOptions | None:
         cpus_per_trial=1.0 if cfg.cpus_per_trial is None else float(cfg.cpus_per_trial),
         gpus_per_trial=0.0 if cfg.gpus_per_trial is None else float(cfg.gpus_per_trial),
     )
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The training seed of trial ``number`` of a search seeded ``seed`` (the same on the local loop and on Ray; a
+    redo keeps the seed of the trial it redoes)."""
+    return (seed * 1_000_003 + number) % 2**32

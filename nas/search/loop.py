@@ -22,12 +22,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas.evaluators import Evaluator, make_evaluator
 from nas.ray_backend import RESUBMITS, Outcome, RayBackend, RayOptions, WorkerLost, evaluate_outcome
-from nas.search.config import IDENTITY_KEYS, SearchConfig, load_config_file, ray_options
+from nas.search.config import IDENTITY_KEYS, SearchConfig, load_config_file, ray_options, trial_seed
 from nas.search.pareto import ParetoMember, pareto_front, plot_pareto, write_pareto_json
-from nas.search.recovery import count_finished, recover_interrupted
+from nas.search.recovery import Heartbeats, count_finished, counts, heartbeat_quiet, recover_interrupted
 from nas.search.run_dir import default_run_dir, write_env
 from nas.search.samplers import make_sampler
-from nas.search.storage import STUDY_NAME, make_storage
+from nas.search.storage import GRACE_BEATS, STUDY_NAME, make_storage
 from nas.search.trials_csv import write_trials_csv
 from nas_ground.atomic import atomic_write
 from nas_ground.errors import UserInputError
@@ -96,46 +96,99 @@ class Search:
                 )
 
     def run(self, on_trial: Callable[[FrozenTrial | None, int, int], None] | None = None) -> SearchResult:
-        """Evaluate trials until ``cfg.trials`` have finished (completed or failed), then write the outputs."""
+        """Evaluate trials until ``cfg.trials`` have finished (completed, screened out or failed by their own
+        evaluation), counting those of every driver on the study, then write the outputs."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         write_env(self.run_dir)
+        cfg = self.cfg
         study = optuna.create_study(
             study_name=STUDY_NAME,
-            storage=make_storage(self.cfg.storage, self.run_dir),
-            sampler=make_sampler(self.cfg.sampler, self.cfg.seed, self.cfg.trials, self.cfg.sampler_options),
+            storage=make_storage(cfg.storage, self.run_dir, cfg.heartbeat),
+            sampler=make_sampler(cfg.sampler, cfg.seed, cfg.trials, cfg.sampler_options, parallel=self.parallel),
             directions=["maximize" if d == "max" else "minimize" for _, d in self.objectives],
             load_if_exists=True,
         )
-        recover_interrupted(study)
+        recover_interrupted(study, self.grace)
         history = self._history(study)
         if history is not None:  # evaluators with memory (predictor+train) pick up what earlier runs saw
             self.evaluator.restore(history)  # type: ignore[attr-defined]
-        done = count_finished(study)
-        deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
-        if self.ray is not None:
-            self._run_on_ray(study, self.ray, done, deadline, on_trial)
-            return self._finish(study)
-        if on_trial is not None:
-            on_trial(None, done, self.cfg.trials)
-        while done < self.cfg.trials and (deadline is None or time.monotonic() < deadline):
-            trial = self._run_one(study)
-            done += 1
-            write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
-            if on_trial is not None:
-                on_trial(trial, done, self.cfg.trials)
+        deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+        with Heartbeats(study, cfg.heartbeat) as beats:
+            if self.ray is not None:
+                self._run_on_ray(study, self.ray, beats, deadline, on_trial)
+            else:
+                self._run_local(study, beats, deadline, on_trial)
         write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
         return self._finish(study)
 
-    def _run_one(self, study: optuna.Study) -> FrozenTrial:
-        trial, arch = self._ask(study)
-        return self._tell(study, trial, evaluate_outcome(self.evaluator, arch))
+    @property
+    def parallel(self) -> bool:
+        """More than one trial may be in flight: Ray workers, or a shared storage other drivers may use."""
+        return self.ray is not None or self.cfg.storage is not None
+
+    @property
+    def grace(self) -> float:
+        """Seconds without a heartbeat after which a RUNNING trial of another host counts as orphaned."""
+        return GRACE_BEATS * self.cfg.heartbeat
+
+    def _budget_left(self, study: optuna.Study) -> tuple[int, int]:
+        """(finished, running) over every driver, after failing and re-enqueuing the trials of dead owners."""
+        recover_interrupted(study, self.grace)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        return count_finished(study), running
+
+    def _run_local(
+        self,
+        study: optuna.Study,
+        beats: Heartbeats,
+        deadline: float | None,
+        on_trial: Callable[[FrozenTrial | None, int, int], None] | None,
+    ) -> None:
+        """One trial at a time; other drivers may share the study (their running trials count as in flight)."""
+        cfg = self.cfg
+        if on_trial is not None:
+            on_trial(None, count_finished(study), cfg.trials)
+        while deadline is None or time.monotonic() < deadline:
+            done, running = self._budget_left(study)
+            if done >= cfg.trials:
+                break
+            if done + running >= cfg.trials:  # other drivers are evaluating the rest: wait for them (or their death)
+                time.sleep(min(1.0, cfg.heartbeat))
+                continue
+            trial, arch = self._ask(study)
+            beats.add(trial)
+            try:
+                if self._surplus(study, trial):
+                    continue
+                outcome = evaluate_outcome(self.evaluator, arch, trial.user_attrs["seed"])
+                frozen = self._tell(study, trial, outcome)
+            finally:
+                beats.remove(trial)
+            write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
+            if on_trial is not None:
+                on_trial(frozen, count_finished(study), cfg.trials)
+
+    def _surplus(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """Whether the budget is already covered by trials asked before ``trial`` (by any driver): finished ones,
+        running ones and enqueued redos. A surplus trial is told failed (``surplus``, not counted), never run."""
+        ahead = sum(
+            1
+            for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and (counts(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+        )
+        if ahead < self.cfg.trials:
+            return False
+        trial.set_user_attr("surplus", f"{ahead} earlier trials cover the budget of {self.cfg.trials}")
+        with heartbeat_quiet():
+            study.tell(trial, state=TrialState.FAIL)
+        return True
 
     def _run_on_ray(
         self,
         study: optuna.Study,
         options: RayOptions,
-        done: int,
+        beats: Heartbeats,
         deadline: float | None,
         on_trial: Callable[[FrozenTrial | None, int, int], None] | None,
     ) -> None:
@@ -143,7 +196,9 @@ class Search:
 
         A trial is counted against the budget while in flight, so the search never finishes more than
         ``cfg.trials``. A task whose worker or node died is re-run by Ray (``MAX_RETRIES``), then resubmitted
-        here (``RESUBMITS``); after that its trial fails with the reason and the search goes on.
+        here (``RESUBMITS``); after that its trial fails with the reason and the search goes on. An exception the
+        evaluation raised is an outcome (a failed trial), never retried. A task running longer than
+        ``trial_timeout`` is cancelled and its trial fails with that reason.
         """
         cfg = self.cfg
         job = {
@@ -153,30 +208,56 @@ class Search:
             "evaluator_options": {
                 **self.evaluator_options,
                 "data_dir": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None,
-                "artifacts_dir": str((self.run_dir / "models").resolve()),
             },
         }
-        with RayBackend(options, job, cfg.seed) as backend:
+        with RayBackend(options, job) as backend:
             atomic_write(self.run_dir / "ray.json", json.dumps(backend.describe(), indent=2) + "\n")
             if on_trial is not None:
-                on_trial(None, done, cfg.trials)
-            in_flight: dict[Any, tuple[optuna.Trial, int]] = {}  # task -> (trial, submissions so far)
+                on_trial(None, count_finished(study), cfg.trials)
+            in_flight: dict[Any, tuple[optuna.Trial, int, float]] = {}  # task -> (trial, submissions, started)
 
             def submit(trial: optuna.Trial, submissions: int) -> None:
-                ref = backend.submit(trial.number, trial.user_attrs["arch"], self._history(study))
-                in_flight[ref] = (trial, submissions + 1)
+                ref = backend.submit(trial.user_attrs["arch"], trial.user_attrs["seed"], self._history(study))
+                in_flight[ref] = (trial, submissions + 1, time.monotonic())
+
+            def finish(trial: optuna.Trial, outcome: Outcome) -> None:
+                beats.remove(trial)
+                frozen = self._tell(study, trial, outcome)
+                write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
+                if on_trial is not None:
+                    on_trial(frozen, count_finished(study), cfg.trials)
 
             while True:
-                while (
-                    len(in_flight) < backend.workers
-                    and done + len(in_flight) < cfg.trials
-                    and (deadline is None or time.monotonic() < deadline)
-                ):
-                    submit(self._ask(study)[0], 0)
+                open_for_more = deadline is None or time.monotonic() < deadline
+                done, running = self._budget_left(study)
+                while open_for_more and len(in_flight) < backend.workers and done + running < cfg.trials:
+                    trial, _ = self._ask(study)
+                    beats.add(trial)
+                    if self._surplus(study, trial):
+                        beats.remove(trial)
+                        break
+                    submit(trial, 0)
+                    running += 1
                 if not in_flight:
-                    break
-                ref = backend.next_ready(list(in_flight))
-                trial, submissions = in_flight.pop(ref)
+                    if done >= cfg.trials or not open_for_more:
+                        break
+                    time.sleep(min(1.0, cfg.heartbeat))  # other drivers hold the rest of the budget
+                    continue
+                wait = None
+                if cfg.trial_timeout is not None:
+                    first = min(started for _, _, started in in_flight.values())
+                    wait = max(0.0, first + cfg.trial_timeout - time.monotonic())
+                ref = backend.next_ready(list(in_flight), timeout=wait)
+                if ref is None:  # some task ran past --trial-timeout
+                    assert cfg.trial_timeout is not None
+                    now = time.monotonic()
+                    for late in [r for r, (_, _, t0) in in_flight.items() if now - t0 >= cfg.trial_timeout]:
+                        trial, _, _ = in_flight.pop(late)
+                        backend.cancel(late)
+                        reason = f"timed out after {cfg.trial_timeout:g} s (trial_timeout)"
+                        finish(trial, Outcome("failed", reason=reason))
+                    continue
+                trial, submissions, _ = in_flight.pop(ref)
                 try:
                     outcome = backend.result(ref)
                 except WorkerLost as exc:
@@ -186,13 +267,16 @@ class Search:
                         submit(trial, submissions)
                         continue
                     outcome = Outcome("failed", reason=f"worker lost ({submissions} submissions): {exc}")
-                frozen = self._tell(study, trial, outcome)
-                done += 1
-                write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
-                if on_trial is not None:
-                    on_trial(frozen, done, cfg.trials)
-            write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
+                self._keep_files(outcome)
+                finish(trial, outcome)
             atomic_write(self.run_dir / "ray.json", json.dumps(backend.describe(), indent=2) + "\n")
+
+    def _keep_files(self, outcome: Outcome) -> None:
+        """Write the artifacts a task returned (trained weights) into this run's ``models/``: tasks never write into
+        the run directory, which their node may not share."""
+        for name, data in outcome.files.items():
+            atomic_write(self.run_dir / "models" / Path(name).name, data)
+        outcome.files = {}
 
     def _history(self, study: optuna.Study) -> list[dict[str, float]] | None:
         """For evaluators with memory (``restore``): the metrics of every trial told so far, else None."""
@@ -201,25 +285,44 @@ class Search:
         return [t.user_attrs["metrics"] for t in study.get_trials(deepcopy=False) if "metrics" in t.user_attrs]
 
     def _ask(self, study: optuna.Study) -> tuple[optuna.Trial, Any]:
-        """A new trial with its proposed architecture (recorded as the ``arch`` user attribute)."""
-        trial = study.ask()
-        arch = self._propose(study, trial)
-        trial.set_user_attr("arch", self.space.encode(arch))
+        """A new trial with its architecture (the ``arch`` user attribute) and its training seed (``seed``, from
+        the search seed and the trial number). A redo of an interrupted trial keeps both."""
+        with heartbeat_quiet():
+            trial = study.ask()
+        if "arch" in trial.user_attrs:  # an enqueued redo (any sampler, coarse-to-fine included)
+            arch = self.space.decode(trial.user_attrs["arch"])
+        else:
+            arch = self._propose(study, trial)
+            trial.set_user_attr("arch", self.space.encode(arch))
+        if "seed" not in trial.user_attrs:
+            trial.set_user_attr("seed", trial_seed(self.cfg.seed, trial.number))
         return trial, arch
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> FrozenTrial:
-        if outcome.worker:
-            trial.set_user_attr("worker", outcome.worker)
-        if outcome.status == "failed":
-            log.warning("trial %d failed: %s", trial.number, outcome.reason)
-            trial.set_user_attr("fail_reason", outcome.reason)
-            return study.tell(trial, state=TrialState.FAIL)
-        if outcome.status == "screened":
-            trial.set_user_attr("screened", outcome.reason)
+        with heartbeat_quiet():
+            return self._tell_quiet(study, trial, outcome)
+
+    def _tell_quiet(self, study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> FrozenTrial:
+        try:
+            if outcome.worker:
+                trial.set_user_attr("worker", outcome.worker)
+            if outcome.status == "failed":
+                log.warning("trial %d failed: %s", trial.number, outcome.reason)
+                if outcome.traceback:
+                    trial.set_user_attr("traceback", outcome.traceback)
+                trial.set_user_attr("fail_reason", outcome.reason)
+                return study.tell(trial, state=TrialState.FAIL)
+            if outcome.status == "screened":
+                trial.set_user_attr("screened", outcome.reason)
+                trial.set_user_attr("metrics", outcome.metrics)
+                return study.tell(trial, state=TrialState.PRUNED)
             trial.set_user_attr("metrics", outcome.metrics)
-            return study.tell(trial, state=TrialState.PRUNED)
-        trial.set_user_attr("metrics", outcome.metrics)
-        return study.tell(trial, [outcome.metrics[name] for name, _ in self.objectives])
+            return study.tell(trial, [outcome.metrics[name] for name, _ in self.objectives])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Our heartbeat went silent past the grace period (a long pause), another driver failed the trial
+            # and enqueued its redo: that redo's result counts, this one is dropped (never counted twice).
+            log.warning("trial %d was taken over by another driver; its result here is dropped", trial.number)
+            return study._storage.get_trial(trial._trial_id)
 
     def _propose(self, study: optuna.Study, trial: optuna.Trial) -> Any:
         """The sampler's architecture (``space.suggest``), or the coarse-to-fine strategy's next child."""
@@ -246,6 +349,12 @@ class Search:
         members = []
         for t in pareto_front(study):
             arch = self.space.decode(t.user_attrs["arch"])
+            artifacts = getattr(self.evaluator, "artifacts", None)
+            missing = [p for p in artifacts(arch) if not p.is_file()] if callable(artifacts) else []
+            if missing:  # never export untrained weights under a trained network's name
+                raise RuntimeError(
+                    f"trial {t.number}'s trained weights {missing[0]} are missing: the front cannot be exported"
+                )
             metrics = dict(t.user_attrs["metrics"])
             metrics.update(self.evaluator.final_metrics(arch))
             onnx_path = self.run_dir / "pareto" / f"trial_{t.number:04d}.onnx"
@@ -257,5 +366,5 @@ class Search:
         write_pareto_json(self.run_dir / "pareto.json", self.objectives, members)
         plot_pareto(study, self.objectives, self.run_dir / "pareto.png")
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        failed = sum(1 for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
+        failed = sum(1 for t in study.trials if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
         return SearchResult(self.run_dir, len(complete), failed, members)

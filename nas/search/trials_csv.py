@@ -15,7 +15,7 @@ from nas_ground.atomic import atomic_write
 
 def trials_frame(study: optuna.Study, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
     """`optuna.Study.trials_dataframe` with the ``metrics`` user attribute spread into columns (objectives first)
-    and the reason a trial did not complete (failed, screened out, interrupted) in ``fail_reason``."""
+    and the reason a trial did not complete (failed, screened out, surplus, interrupted) in ``fail_reason``."""
     frame = study.trials_dataframe(attrs=("number", "state", "user_attrs"), multi_index=False)
     objective_names = [n for n, _ in objectives]
     if frame.empty:
@@ -30,10 +30,11 @@ def trials_frame(study: optuna.Study, objectives: Sequence[tuple[str, str]]) -> 
     out["arch"] = out["arch"].fillna("")
     for name in dict.fromkeys([*objective_names, *metrics.columns]):
         out[name] = metrics.get(name)
+    # A FAIL without a reason of its own lost its owner (killed driver, Optuna's stale heartbeat): interrupted.
     out["fail_reason"] = [
-        failed or screened or ("interrupted" if interrupted else "")
-        for failed, screened, interrupted in zip(
-            attr("fail_reason"), attr("screened"), attr("interrupted"), strict=True
+        failed or screened or (f"surplus: {surplus}" if surplus else "") or ("interrupted" if state == "FAIL" else "")
+        for failed, screened, surplus, state in zip(
+            attr("fail_reason"), attr("screened"), attr("surplus"), frame["state"], strict=True
         )
     ]
     return out
