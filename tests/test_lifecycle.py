@@ -172,8 +172,8 @@ def test_two_drivers_one_killed_reach_exactly_the_requested_trials(
     for i, run in enumerate(runs):
         args = [
             "search", "--space", "nb201", "--evaluator", "nas.testing.SlowTableEvaluator", "--trials", str(n),
-            "--seed", str(i if storage == "postgresql" else 0), "--sampler", "random", "--run-dir", str(run), "--config", str(config),
-            "--heartbeat", "1", *extra,
+            "--seed", str(i if storage == "postgresql" else 0), "--sampler", "random", "--run-dir", str(run),
+            "--config", str(config), "--heartbeat", "1", *extra,
         ]  # fmt: skip
         log = (tmp_path / f"driver{i}.log").open("w")  # a file, not a pipe nobody reads while it runs
         drivers.append(
