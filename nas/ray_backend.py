@@ -13,10 +13,14 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,12 +69,41 @@ class Outcome:
     files: dict[str, bytes] = field(default_factory=dict)  # tasks: artifacts (trained weights), by file name
 
 
-def evaluate_outcome(evaluator: Evaluator, arch: Any, seed: int | None = None) -> Outcome:
-    """Evaluate ``arch`` (training seeded by ``seed``); every way an evaluation can end is an outcome: completed,
-    screened out, or failed with its reason; an exception other than `TrialFailed` (a bug, CUDA out of memory, a
-    corrupt cached file) fails the trial with its traceback instead of stopping the search."""
+class TrialTimeout(TrialFailed):
+    """The evaluation ran past the trial's time limit."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise `TrialTimeout` in the block after ``seconds`` (SIGALRM: the main thread of a Unix process, as a Ray
+    task and the local loop run; elsewhere no limit is set here and the driver's backstop applies)."""
+    usable = seconds is not None and hasattr(signal, "setitimer")
+    usable = usable and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+    assert seconds is not None
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TrialTimeout(f"timed out after {seconds:g} s (trial_timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        metrics = evaluator.evaluate(arch, seed=seed)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def evaluate_outcome(evaluator: Evaluator, arch: Any, seed: int | None = None, timeout: float | None = None) -> Outcome:
+    """Evaluate ``arch`` (training seeded by ``seed``, stopped after ``timeout`` seconds); every way an evaluation
+    can end is an outcome: completed, screened out, or failed with its reason; an exception other than
+    `TrialFailed` (a bug, CUDA out of memory, a corrupt cached file) fails the trial with its traceback instead of
+    stopping the search."""
+    try:
+        with time_limit(timeout):
+            metrics = evaluator.evaluate(arch, seed=seed)
     except TrialFailed as exc:
         return Outcome("failed", reason=str(exc))
     except Screened as exc:
@@ -101,7 +134,9 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 _CACHE: dict[str, tuple[SearchSpace[Any], Evaluator]] = {}
 
 
-def _evaluate_task(job: str, arch: str, seed: int, threads: int, history: list[dict[str, float]] | None) -> Outcome:
+def _evaluate_task(
+    job: str, arch: str, seed: int, threads: int, history: list[dict[str, float]] | None, timeout: float | None
+) -> Outcome:
     """A Ray task: rebuild (once per process) the job's space and evaluator, seed, evaluate ``arch``; the outcome
     carries the files the evaluation wrote (trained weights), for a driver that does not share this filesystem."""
     import numpy as np
@@ -127,7 +162,7 @@ def _evaluate_task(job: str, arch: str, seed: int, threads: int, history: list[d
         evaluator.restore(history)  # type: ignore[attr-defined]
     start = time.perf_counter()
     decoded = space.decode(arch)
-    outcome = evaluate_outcome(evaluator, decoded, s)
+    outcome = evaluate_outcome(evaluator, decoded, s, timeout)  # the clock starts with a built evaluator
     artifacts = getattr(evaluator, "artifacts", None)
     if callable(artifacts):  # written to this node's scratch directory: they travel back with the outcome
         for path in artifacts(decoded):
@@ -224,9 +259,12 @@ class RayBackend:
             ray.shutdown()
             self._owns_connection = False
 
-    def submit(self, arch: str, seed: int, history: list[dict[str, float]] | None = None) -> Any:
-        """Start evaluating an architecture with training seed ``seed``; returns the task's reference."""
-        ref = self._remote.remote(self.job, arch, seed, self.threads, history)
+    def submit(
+        self, arch: str, seed: int, history: list[dict[str, float]] | None = None, timeout: float | None = None
+    ) -> Any:
+        """Start evaluating an architecture with training seed ``seed``, stopped by the task itself after
+        ``timeout`` seconds of evaluation; returns the task's reference."""
+        ref = self._remote.remote(self.job, arch, seed, self.threads, history, timeout)
         self._pending.add(ref)
         return ref
 

@@ -14,7 +14,8 @@ from search_spaces import SearchSpace
 class SlowTableEvaluator(TableEvaluator):
     """A testing aid: the `table` evaluator that sleeps ``delay_s`` seconds per evaluation, so that tests can
     kill a worker node or the driver while trials are in flight, that ends its own process (as a crash
-    would) when it meets ``crash_arch``, and raises an unexpected exception (as a bug would) on ``raise_arch``."""
+    would) when it meets ``crash_arch``, raises an unexpected exception (as a bug would) on ``raise_arch`` and
+    hangs ``stall_s`` seconds on ``stall_arch``."""
 
     def __init__(
         self,
@@ -23,9 +24,12 @@ class SlowTableEvaluator(TableEvaluator):
         delay_s: float = 0.5,
         crash_arch: str | None = None,
         raise_arch: str | None = None,
+        stall_arch: str | None = None,
+        stall_s: float = 0.0,
         **options: Any,
     ) -> None:
         super().__init__(space, **options)
+        self.stall_arch, self.stall_s = stall_arch, float(stall_s)
         self.delay_s = float(delay_s)
         self.crash_arch = crash_arch
         self.raise_arch = raise_arch
@@ -35,5 +39,5 @@ class SlowTableEvaluator(TableEvaluator):
             os._exit(1)
         if self.space.encode(arch) == self.raise_arch:
             raise ZeroDivisionError("an evaluator bug met on purpose")
-        time.sleep(self.delay_s)
+        time.sleep(self.stall_s if self.space.encode(arch) == self.stall_arch else self.delay_s)
         return super().evaluate(arch, seed=seed)

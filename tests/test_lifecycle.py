@@ -247,3 +247,13 @@ def test_one_seeding_rule_for_every_trial(tmp_path: Path, data_dir: Path):
         evaluator.evaluate(arch, seed=s)["train_loss"] for s in (trial_seed(0, 1), trial_seed(1, 1), trial_seed(0, 1))
     )
     assert a == a2 and a != b
+
+
+def test_a_trial_past_its_time_limit_fails_with_that_reason(tmp_path: Path, data_dir: Path):
+    late = first_archs(tmp_path, data_dir, 1, sampler="random")[0]
+    options = {"delay_s": 0.0, "stall_arch": late, "stall_s": 600}
+    slow = {"evaluator": "nas.testing.SlowTableEvaluator", "evaluator_options": options, "sampler": "random"}
+    start = time.monotonic()
+    result = Search(table_config(tmp_path / "run", data_dir, trials=3, trial_timeout=1.5, **slow)).run()
+    assert time.monotonic() - start < 60 and (result.completed, result.failed) == (2, 1)
+    assert read_trials(tmp_path / "run" / "trials.csv")[0]["fail_reason"] == "timed out after 1.5 s (trial_timeout)"

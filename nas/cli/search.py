@@ -54,7 +54,7 @@ def search(
     device: Annotated[str | None, typer.Option(help="train: auto, cpu or cuda.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
     trial_timeout: Annotated[
-        float | None, typer.Option(help="Ray: seconds after which a trial is stopped and fails with that reason.")
+        float | None, typer.Option(help="Seconds of evaluation after which a trial stops and fails with that reason.")
     ] = None,
     heartbeat: Annotated[
         float | None,

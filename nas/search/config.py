@@ -28,7 +28,7 @@ class SearchConfig:
     data_dir: str | None = None
     timeout: float | None = None  # seconds: no new trial starts after this (wall clock of this invocation)
     heartbeat: float = 10.0  # seconds between heartbeats of a running trial; silent for 6 beats: owner gone
-    trial_timeout: float | None = None  # Ray: seconds after which a trial's task is cancelled and the trial fails
+    trial_timeout: float | None = None  # seconds of evaluation after which a trial stops and fails with that reason
     space_options: dict[str, Any] = field(default_factory=dict)
     evaluator_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +96,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def ray_options(cfg: SearchConfig) -> RayOptions | None:
     """The Ray settings of a configuration: None (the local loop) unless it names workers or a Ray address."""
     if cfg.workers is None and cfg.ray_address is None:
-        for key in ("cpus_per_trial", "gpus_per_trial", "trial_timeout"):
+        for key in ("cpus_per_trial", "gpus_per_trial"):
             if getattr(cfg, key) is not None:
                 raise UserInputError(f"{key} needs Ray: give workers (--workers) or a Ray address (--ray-address)")
         return None

@@ -37,6 +37,13 @@ from search_spaces.base import example_input
 log = logging.getLogger(__name__)
 
 
+def backstop_s(trial_timeout: float) -> float:
+    """When the driver cancels a Ray task itself: a task stops its own evaluation after ``trial_timeout`` seconds
+    (its worker's start-up not counted); one stuck where that cannot reach it (inside native code) is cancelled
+    after twice the limit plus two minutes of start-up allowance."""
+    return 2 * trial_timeout + 120
+
+
 @dataclass
 class SearchResult:
     run_dir: Path
@@ -161,7 +168,7 @@ class Search:
             try:
                 if self._surplus(study, trial):
                     continue
-                outcome = evaluate_outcome(self.evaluator, arch, trial.user_attrs["seed"])
+                outcome = evaluate_outcome(self.evaluator, arch, trial.user_attrs["seed"], cfg.trial_timeout)
                 frozen = self._tell(study, trial, outcome)
             finally:
                 beats.remove(trial)
@@ -197,8 +204,8 @@ class Search:
         A trial is counted against the budget while in flight, so the search never finishes more than
         ``cfg.trials``. A task whose worker or node died is re-run by Ray (``MAX_RETRIES``), then resubmitted
         here (``RESUBMITS``); after that its trial fails with the reason and the search goes on. An exception the
-        evaluation raised is an outcome (a failed trial), never retried. A task running longer than
-        ``trial_timeout`` is cancelled and its trial fails with that reason.
+        evaluation raised is an outcome (a failed trial), never retried. An evaluation longer than ``trial_timeout``
+        stops itself and its trial fails with that reason (`backstop_s`: the driver cancels a task that cannot).
         """
         cfg = self.cfg
         job = {
@@ -217,7 +224,9 @@ class Search:
             in_flight: dict[Any, tuple[optuna.Trial, int, float]] = {}  # task -> (trial, submissions, started)
 
             def submit(trial: optuna.Trial, submissions: int) -> None:
-                ref = backend.submit(trial.user_attrs["arch"], trial.user_attrs["seed"], self._history(study))
+                ref = backend.submit(
+                    trial.user_attrs["arch"], trial.user_attrs["seed"], self._history(study), cfg.trial_timeout
+                )
                 in_flight[ref] = (trial, submissions + 1, time.monotonic())
 
             def finish(trial: optuna.Trial, outcome: Outcome) -> None:
@@ -244,17 +253,20 @@ class Search:
                     time.sleep(min(1.0, cfg.heartbeat))  # other drivers hold the rest of the budget
                     continue
                 wait = None
-                if cfg.trial_timeout is not None:
+                backstop = None if cfg.trial_timeout is None else backstop_s(cfg.trial_timeout)
+                if backstop is not None:
                     first = min(started for _, _, started in in_flight.values())
-                    wait = max(0.0, first + cfg.trial_timeout - time.monotonic())
+                    wait = max(0.0, first + backstop - time.monotonic())
                 ref = backend.next_ready(list(in_flight), timeout=wait)
-                if ref is None:  # some task ran past --trial-timeout
-                    assert cfg.trial_timeout is not None
+                if ref is None:  # a task neither finished nor stopped itself long after its limit: stop it here
+                    assert backstop is not None
                     now = time.monotonic()
-                    for late in [r for r, (_, _, t0) in in_flight.items() if now - t0 >= cfg.trial_timeout]:
+                    for late in [r for r, (_, _, t0) in in_flight.items() if now - t0 >= backstop]:
                         trial, _, _ = in_flight.pop(late)
                         backend.cancel(late)
-                        reason = f"timed out after {cfg.trial_timeout:g} s (trial_timeout)"
+                        reason = (
+                            f"timed out after {cfg.trial_timeout:g} s (trial_timeout; cancelled after {backstop:g} s)"
+                        )
                         finish(trial, Outcome("failed", reason=reason))
                     continue
                 trial, submissions, _ = in_flight.pop(ref)
