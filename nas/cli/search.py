@@ -175,10 +175,14 @@ def _run_with_progress(job: Any) -> None:
         task = progress.add_task("search", total=job.cfg.trials, last="")
 
         def on_trial(trial: Any, done: int, total: int) -> None:
+            from nas.search.pareto import front_hypervolume
+
             last = ""
             if trial is not None:
                 values = trial.values or []
                 last = f"trial {trial.number} {trial.state.name.lower()} " + " ".join(f"{v:.4g}" for v in values)
+                # The current front's hypervolume, objectives scaled to the range seen so far (higher is better).
+                last += f"  front hv {front_hypervolume(job.study, job.objectives):.3f}"
             progress.update(task, completed=min(done, total), last=last)
 
         result = job.run(on_trial)

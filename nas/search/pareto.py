@@ -64,3 +64,25 @@ def plot_pareto(study: optuna.Study, objectives: Sequence[tuple[str, str]], path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def normalized_hypervolume(points: Sequence[Sequence[float]], directions: Sequence[str]) -> float:
+    """Hypervolume (moocore) of ``points`` after mapping every objective to [0, 1] by the range seen among them,
+    1 the worst (a maximised objective is flipped), reference point (1, ..., 1): 0 for no points, 1 when one point
+    is best in every objective. Comparable within a run as it grows; across runs use a fixed normalisation."""
+    import moocore
+    import numpy as np
+
+    if not points:
+        return 0.0
+    values = np.asarray(points, dtype=float)
+    values = np.where(np.asarray(directions) == "max", -values, values)  # everything minimised
+    low, high = values.min(axis=0), values.max(axis=0)
+    scaled = (values - low) / np.where(high > low, high - low, 1.0)
+    return float(moocore.hypervolume(scaled, ref=np.ones(values.shape[1])))
+
+
+def front_hypervolume(study: optuna.Study, objectives: Sequence[tuple[str, str]]) -> float:
+    """`normalized_hypervolume` of the completed trials' objective values (the front decides it)."""
+    points = [t.values for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    return normalized_hypervolume([p for p in points if p], [d for _, d in objectives])
