@@ -34,7 +34,7 @@ def search(
     objectives: Annotated[str | None, typer.Option(help="Comma list of NAME:max|min.")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials to finish (completed or failed).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="nsga2, tpe or random.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe (default), nsga2, random or coarse2fine.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory; an existing one is resumed.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume --run-dir, or the latest run of the space.")] = False,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: journal in run dir).")] = None,
