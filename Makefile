@@ -35,7 +35,7 @@ lint: setup
 	$(BIN)/python -m experiments.report --check
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

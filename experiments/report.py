@@ -19,8 +19,11 @@ FIELDS = ("key", "title", "command", "commit", "machine", "date", "body", "numbe
 ORDER = (
     # search
     "nb201-search-quality",
+    "pareto-quality",
+    "pareto-quality-tuning-nb201",
     "quickstart-throughput",
     "ray",
+    "chaos",
     # the NB201 builder and training loop against the table
     "nb201-fidelity",
     "nb201-fidelity-n1-8ep",
@@ -34,6 +37,14 @@ ORDER = (
     # supernets
     "supernet-ranking-bignas",
     "supernet-ranking-darts",
+    "supernet-tables-nb201",
+    "supernet-tables-nbmacro",
+    "supernet-ablations-nb201",
+    "supernet-tables-nb201-distinct",
+    "supernet-tables-nb201-fair",
+    "supernet-search-nb201",
+    "supernet-search-nb201-500",
+    "supernet-search-nbmacro",
     # the zero-shot predictor
     "predictor-nb201",
     "predictor-families",
