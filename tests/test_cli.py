@@ -118,6 +118,17 @@ def test_unreadable_config(tmp_path: Path, data_dir: Path):
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("space: nb201\ntrails: 3\n")
     assert_one_line_error(nas("search", "--config", str(unknown)), "'trails'")
+    binary = tmp_path / "binary.yaml"  # found by experiments/chaos.py: random bytes raised UnicodeDecodeError
+    binary.write_bytes(bytes(range(128, 256)))
+    assert_one_line_error(nas("search", "--config", str(binary)), str(binary))
+    for text, needle in (
+        ("trials: abc\n", "trials='abc'"),
+        ("seed: [1]\n", "seed=[1]"),
+        ("trials: true\n", "trials=True"),
+    ):
+        typed = tmp_path / "typed.yaml"
+        typed.write_text(text)
+        assert_one_line_error(nas("search", "--config", str(typed)), needle)
 
 
 def test_evaluate_prints_table_metrics(data_dir: Path):

@@ -41,12 +41,16 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> SearchConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise UserInputError(f"unknown key {unknown[0]!r} in {source}; valid: {', '.join(sorted(known))}")
         return cls(**data)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, str(f.type)):
+                raise UserInputError(f"{f.name}={value!r} must be of type {f.type}")
         if self.objectives is None:
             self.objectives = default_objectives(self.evaluator)
         elif isinstance(self.objectives, str):
@@ -83,7 +87,7 @@ def default_objectives(evaluator: str) -> list[str]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
         raise UserInputError(f"cannot read config {path}: {reason}") from exc
     if data is None:
@@ -112,3 +116,21 @@ def trial_seed(seed: int, number: int) -> int:
     """The training seed of trial ``number`` of a search seeded ``seed`` (the same on the local loop and on Ray; a
     redo keeps the seed of the trial it redoes)."""
     return (seed * 1_000_003 + number) % 2**32
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "None": (type(None),),
+    "dict": (dict,),
+    "list": (list, str),  # objectives may be written "a:max,b:min"
+}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether ``value`` fits a field annotation such as ``int``, ``float | None`` or ``dict[str, Any]``."""
+    allowed: tuple[type, ...] = ()
+    for part in annotation.split("|"):
+        allowed += _TYPES.get(part.strip().split("[")[0], (object,))
+    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
