@@ -119,8 +119,10 @@ def proxy_values(space_name: str, archs: list[str], log: JsonLines, data_dir: st
     return {a: done[a] for a in archs}
 
 
-def predictor_scores(space_name: str, archs: list[str], log: JsonLines) -> dict[str, float]:
-    """The shipped zero-shot predictor's score of each network's ONNX export (seeded initial weights)."""
+def predictor_scores(
+    space_name: str, archs: list[str], log: JsonLines, predictor_file: str | None = None
+) -> dict[str, float]:
+    """A zero-shot predictor's score (default: the shipped one) of each network's ONNX export (seeded weights)."""
     from onnx_bench.export import export_architecture
     from onnx_bench.io import load_onnx
     from predictors.encoder import Encoder
@@ -130,7 +132,7 @@ def predictor_scores(space_name: str, archs: list[str], log: JsonLines) -> dict[
     done = {r["arch"]: r["score"] for r in log.read()}
     todo = [a for a in archs if a not in done]
     if todo:
-        predictor = load_predictor(None)
+        predictor = load_predictor(predictor_file)
         encoder = Encoder(predictor.encoder_name)
         with log:
             for start in range(0, len(todo), 64):

@@ -206,3 +206,38 @@ def test_finetuned_encoder_is_saved_named_and_used(bench: Path, tmp_path: Path):
         "--no-embedding", "--out", str(tmp_path / "x.safetensors"),
     )  # fmt: skip
     assert refused.returncode == 2 and "--finetune-encoder needs the text embedding" in refused.stderr
+
+
+def test_one_screening_mechanism_for_any_cheap_scorer_and_expensive_evaluator(tmp_path: Path, data_dir: Path):
+    import optuna
+
+    from nas.search import Search, SearchConfig, make_storage
+    from nas_ground.errors import UserInputError
+
+    options = {"cheap": "proxy:synflow", "expensive": "table", "cost": "params", "explore": 0.0}
+    cheap_options = {"batch_size": 8}
+    cfg = SearchConfig(
+        space="nb201", evaluator="screened", objectives=["accuracy:max", "params:min"], trials=14, sampler="random",
+        run_dir=str(tmp_path / "run"), data_dir=str(data_dir),
+        evaluator_options={**options, "cheap_options": cheap_options},
+    )  # fmt: skip
+    result = Search(cfg).run()
+    trials = optuna.load_study(study_name="nas", storage=make_storage(None, tmp_path / "run")).trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert pruned and complete and result.completed == len(complete)  # only survivors queried the table
+    seen: list[tuple[float, float]] = []
+    for t in trials:  # the rule: pruned exactly when an earlier candidate dominates its (cheap score, params)
+        m = t.user_attrs["metrics"]
+        score, params = m["score"], m["params"]
+        dominated = any(s >= score and p <= params and (s > score or p < params) for s, p in seen)
+        assert dominated == (t.state.name == "PRUNED"), t.number
+        seen.append((score, params))
+    assert all("accuracy" in t.user_attrs["metrics"] for t in complete)  # the expensive evaluator's figures
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["evaluator_options"]
+    assert (recorded["cheap"], recorded["expensive"], recorded["cost"]) == ("proxy:synflow", "table", "params")
+    with pytest.raises(UserInputError, match="cost 'accuracy'"):
+        Search(SearchConfig(
+            space="nb201", evaluator="screened", run_dir=str(tmp_path / "bad"), data_dir=str(data_dir),
+            evaluator_options={**options, "cost": "accuracy", "cheap_options": cheap_options},
+        ))  # fmt: skip

@@ -17,7 +17,7 @@ from search_spaces import SearchSpace
 
 
 def _load_builtin() -> None:
-    from nas.evaluators import predictor, supernet, table, train  # noqa: F401
+    from nas.evaluators import predictor, screen, supernet, table, train  # noqa: F401
 
 
 EVALUATORS: Registry[Callable[..., Evaluator]] = Registry("evaluator", _load_builtin)

@@ -1,17 +1,15 @@
-"""``predictor`` (zero-shot score, no training) and ``predictor+train`` (the predictor screens, survivors train)."""
+"""``predictor``: the zero-shot score, no training (``predictor+train``, the predictor screening training, is in
+`nas.evaluators.screen`)."""
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from nas.evaluators import register
-from nas.evaluators.base import BUILD_KEYS, Screened, profile
-from nas.evaluators.train import TrainEvaluator
+from nas.evaluators.base import BUILD_KEYS, profile
 from nas_ground.errors import UserInputError
 from search_spaces import SearchSpace
 from search_spaces.base import example_input
@@ -74,64 +72,3 @@ class PredictorEvaluator:
 
     def model(self, arch: Any) -> nn.Module:
         return self.scorer.build(arch)
-
-
-@register("predictor+train")
-class PredictorTrainEvaluator:
-    """Two stages: the predictor screens every candidate; only those on the predicted Pareto front of the
-    candidates screened so far (predictor score up, params down) are trained with the `train` evaluator.
-
-    A candidate is trained when no earlier screened candidate has both a higher-or-equal score and fewer-or-equal
-    params (one of them strictly); the others end as pruned trials that carry their predicted score. With
-    ``explore`` > 0, that share of screened-out candidates is trained anyway (seeded), so that a predictor that
-    transfers badly cannot starve the search.
-    """
-
-    metrics: tuple[str, ...] = ("accuracy", "score", *TrainEvaluator.metrics[1:])
-
-    def __init__(
-        self,
-        space: SearchSpace[Any],
-        *,
-        predictor: str | None = None,
-        explore: float = 0.1,
-        data_dir: str | None = None,
-        artifacts_dir: str | None = None,
-        test_images: int = 10_000,
-        **options: Any,
-    ) -> None:
-        if not 0.0 <= explore <= 1.0:
-            raise UserInputError(f"explore={explore} must be in 0..1")
-        self.train = TrainEvaluator(
-            space, data_dir=data_dir, artifacts_dir=artifacts_dir, test_images=test_images, **options
-        )
-        self.scorer = _PredictorScorer(space, predictor, self.train.build_options)
-        self.explore = explore
-        self.rng = random.Random(self.train.config.seed)
-        self.screened: list[tuple[float, float]] = []  # (score, params) of every candidate seen
-
-    def restore(self, earlier: list[dict[str, float]]) -> None:
-        """Resume: the (score, params) of the candidates screened by earlier runs of the same study."""
-        self.screened = [(m["score"], m["params"]) for m in earlier if "score" in m and "params" in m]
-
-    def _dominated(self, score: float, params: float) -> bool:
-        return any(s >= score and p <= params and (s > score or p < params) for s, p in self.screened)
-
-    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
-        cheap = self.scorer.score(arch)
-        dominated = self._dominated(cheap["score"], cheap["params"])
-        self.screened.append((cheap["score"], cheap["params"]))
-        if dominated and self.rng.random() >= self.explore:
-            raise Screened(f"screened out: predicted score {cheap['score']:.4g} dominated", cheap)
-        # The architecture's params/FLOPs/latency were measured by the screen: only the training is left.
-        score = cheap.pop("score")
-        return {**cheap, **self.train.fit(arch, self.train.build(arch, seed), seed), "score": score}
-
-    def final_metrics(self, arch: Any) -> dict[str, float]:
-        return self.train.final_metrics(arch)
-
-    def model(self, arch: Any) -> nn.Module:
-        return self.train.model(arch)
-
-    def artifacts(self, arch: Any) -> list[Path]:
-        return self.train.artifacts(arch)

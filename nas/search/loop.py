@@ -118,7 +118,8 @@ class Search:
         )
         self.study = study
         if not study.metric_names:  # named objectives for optuna-dashboard and other Optuna tools
-            study.set_metric_names([name for name, _ in self.objectives])
+            with heartbeat_quiet():
+                study.set_metric_names([name for name, _ in self.objectives])
         recover_interrupted(study, self.grace)
         history = self._history(study)
         if history is not None:  # evaluators with memory (predictor+train) pick up what earlier runs saw
