@@ -46,12 +46,23 @@ class Problem:
             m = self.evaluator.evaluate(self.space.decode(arch))
             self.table[arch] = (m["accuracy"], m[self.cost])
         self.max_cost = max(c for _, c in self.table.values())
+        self._twin: dict[str, str] = {}
+        if space_name == "nb201":  # any cell string -> the table's representative of its isomorphism class
+            from nas.tables import load_nb201_identities, nb201_table_path
+
+            ident = load_nb201_identities(str(nb201_table_path(data_dir)))
+            rep = {ident[a]: a for a in self.table}
+            self._twin = {a: rep[i] for a, i in ident.items()}
         self.true_hv = self.hypervolume(list(self.table.values()))
 
     def distinct(self, data_dir: str | None) -> list[str]:
         from experiments.supernet_tables import table_networks
 
         return sorted(table_networks(self.space.name, data_dir))
+
+    def canonical(self, encoded: str) -> str:
+        """The key in ``table`` of an encoded network (NB201: its isomorphism class's representative)."""
+        return self._twin.get(encoded, encoded)
 
     def point(self, arch: Any) -> tuple[float, float]:
         m = self.evaluator.evaluate(arch)
