@@ -12,6 +12,7 @@ Unscreened: the default sampler (TPE) spending every proposal on a query. Mean +
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -48,11 +49,17 @@ class PrecomputedScore:
 
     def __init__(self, space: SearchSpace[Any], *, scores: str, problem: str, data_dir: str | None = None) -> None:
         self.space, self.problem = space, problem_named(problem, data_dir)
-        self.scores = {r["arch"]: float(r["score"]) for r in JsonLines(scores, "arch").read()}
+        self.log = JsonLines(scores, "arch")
+        self.scores = {r["arch"]: float(r["score"]) for r in self.log.read()}
         self.metrics: tuple[str, ...] = ("score", self.problem.cost)
 
     def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
         key = self.problem.canonical(self.space.encode(arch))
+        if key not in self.scores:  # not precomputed yet: score it now with the held-out predictor (and keep it)
+            from experiments.supernet_tables import predictor_scores
+
+            held = Path(self.log.path).stem.split("-", 1)[1]  # nb201-without-nb201 -> without-nb201
+            self.scores.update(predictor_scores(self.space.name, [key], self.log, f"runs/screening/{held}.safetensors"))
         return {"score": self.scores[key], self.problem.cost: self.problem.table[key][1]}
 
 

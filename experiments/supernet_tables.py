@@ -180,6 +180,10 @@ def main(
     recal: Annotated[int, typer.Option(help="Training batches that recalibrate BN before a child is scored.")] = 8,
     distinct: Annotated[bool, typer.Option(help="Train on one network per isomorphism class (NB201).")] = False,
     fair: Annotated[bool, typer.Option(help="Strict fairness: every op of every edge once per cycle (NB201).")] = False,
+    heldout_predictor: Annotated[
+        str | None,
+        typer.Option(help="A predictor file trained without this table's family: a zero-shot baseline row."),
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared 2-core machine).")] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda (bfloat16 autocast).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the supernet and of the network sample.")] = 0,
@@ -254,6 +258,11 @@ def main(
     # (its leave-one-family-out figures are in section predictor-families).
     label = "shipped predictor (trained on this table too: not zero-shot)"
     baselines[label] = predictor_scores(space, archs, JsonLines(root / "predictor.jsonl", "arch"))
+    if heldout_predictor is not None:
+        cache = JsonLines(root / f"{Path(heldout_predictor).stem}.jsonl", "arch")
+        baselines["zero-shot predictor (trained without this family)"] = predictor_scores(
+            space, archs, cache, heldout_predictor
+        )
     results["baselines"] = {
         name: dict(zip(("tau", "rho"), _taus(v, truth, archs), strict=True)) for name, v in baselines.items()
     }
@@ -294,6 +303,7 @@ def main(
     for name, figs in results["baselines"].items():
         lines.append(f"| {name} | {figs['tau']:.3f} | {figs['rho']:.3f} |")
     title = f"Supernets against the {'NAS-Bench-201' if space == 'nb201' else 'NAS-Bench-Macro'} table"
+    title += " (distinct sampling)" if distinct else " (strict fairness)" if fair else ""
     record(key or f"supernet-tables-{space}{suffix}", title, "\n".join(lines), results)
 
 
