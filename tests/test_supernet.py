@@ -39,7 +39,16 @@ def test_recalibration_changes_running_statistics_and_nothing_else():
 def test_spos_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, data_dir: Path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ("supernet", "train", *TINY, "--epochs", "2", "--batch-size", "32", "--data-dir", str(data_dir))
-    one_thread = {"OMP_NUM_THREADS": "1"}  # the same kernels (and float sums) in every run
+    one_thread = {"OMP_NUM_THREADS": "1"}  # the same kernels (and float sums) in every run: the subprocess ...
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ... and the runs in this process (the variable is read only when torch starts)
+    try:
+        _spos_resume(args, straight, killed, one_thread)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _spos_resume(args: tuple[str, ...], straight: Path, killed: Path, one_thread: dict[str, str]) -> None:
     assert nas(*args, "--run-dir", str(straight), env=one_thread).returncode == 0
     env = {**os.environ, **one_thread}
     proc = subprocess.Popen(
