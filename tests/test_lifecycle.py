@@ -112,6 +112,7 @@ def test_optuna_heartbeat_on_an_rdb_storage_redoes_a_stale_trial(tmp_path: Path)
     assert [t.user_attrs["redo_of"] for t in trials if t.state == TrialState.WAITING] == [number]
 
 
+@pytest.mark.slow  # ~30 s: BigNAS children scored by a proxy
 def test_a_redo_of_an_interrupted_coarse_to_fine_child_evaluates_that_child(tmp_path: Path, data_dir: Path):
     from nas.search import SearchConfig
 
@@ -153,7 +154,9 @@ def finished_count(url: str) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
 
 
-@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+@pytest.mark.parametrize(
+    "storage", [pytest.param("journal", marks=pytest.mark.slow), "postgresql"]
+)  # the default suite keeps the PostgreSQL case (CI installs PostgreSQL); -m slow runs the journal file too
 def test_two_drivers_one_killed_reach_exactly_the_requested_trials(
     tmp_path: Path, data_dir: Path, storage: str, request: pytest.FixtureRequest
 ):
