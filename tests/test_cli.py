@@ -153,6 +153,7 @@ def completed_trials(run: Path) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(TrialState.COMPLETE,))
 
 
+@pytest.mark.slow  # ~15 s; the driver kill is also covered by the Ray and PostgreSQL kill tests and chaos.py
 def test_sigkill_then_same_command_resumes(tmp_path: Path, data_dir: Path):
     run = tmp_path / "run"
     config = tmp_path / "small.yaml"

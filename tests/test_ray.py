@@ -203,6 +203,7 @@ def test_sigkill_of_the_driver_then_same_command_resumes(tmp_path: Path, data_di
     assert json.loads((run / "pareto.json").read_text())["members"]
 
 
+@pytest.mark.slow  # ~19 s; worker loss is also covered by the node-kill test and experiments/chaos.py
 def test_a_trial_whose_worker_keeps_dying_fails_and_the_search_goes_on(tmp_path: Path, data_dir: Path, nb201_csv: Path):
     first = Search(table_config(tmp_path / "local", data_dir, trials=1)).run()
     crash = first.pareto[0].arch  # trial 0's architecture: the same seed proposes it first on Ray too
