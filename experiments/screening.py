@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import typer
 
-from experiments.pareto_quality import Problem
+from experiments.pareto_quality import PROBLEMS, Problem
 from experiments.record import load_numbers, record
 from nas.evaluators import Screened
 from nas.evaluators.screen import ScreenedEvaluator
@@ -27,10 +27,13 @@ from nas.search.samplers import make_sampler
 from nas_ground.jsonl import JsonLines
 from search_spaces import SearchSpace
 
-SCORES = {
-    "nb201": "runs/screening/nb201-without-nb201.jsonl",
-    "nbmacro": "runs/screening/nbmacro-without-nbmacro.jsonl",
-}
+
+def held_out_files(space: str) -> tuple[str, str]:
+    """The predictor trained without ``space``'s family (`experiments.default_predictor --no-record`) and the cache
+    of its scores of every network of the table."""
+    return f"runs/screening/without-{space}.safetensors", f"runs/screening/{space}-without-{space}.jsonl"
+
+
 COUNTS = (20, 50, 100, 200)
 
 
@@ -44,11 +47,12 @@ def problem_named(name: str, data_dir: str | None) -> Problem:
 
 
 class PrecomputedScore:
-    """A cheap evaluator from precomputed zero-shot scores (``scores``: JSON lines of arch, score) with the
-    problem's cost from the table (what building a candidate measures without training it)."""
+    """A cheap evaluator: the held-out predictor's scores (`held_out_files`, cached) with the problem's cost from
+    the table (what building a candidate measures without training it)."""
 
-    def __init__(self, space: SearchSpace[Any], *, scores: str, problem: str, data_dir: str | None = None) -> None:
+    def __init__(self, space: SearchSpace[Any], *, problem: str, data_dir: str | None = None) -> None:
         self.space, self.problem = space, problem_named(problem, data_dir)
+        self.predictor, scores = held_out_files(space.name)
         self.log = JsonLines(scores, "arch")
         self.scores = {r["arch"]: float(r["score"]) for r in self.log.read()}
         self.metrics: tuple[str, ...] = ("score", self.problem.cost)
@@ -58,11 +62,8 @@ class PrecomputedScore:
         if key not in self.scores:  # not precomputed yet: score it now with the held-out predictor (and keep it)
             from experiments.supernet_tables import predictor_scores
 
-            held = Path(self.log.path).stem.split("-", 1)[1]  # nb201-without-nb201 -> without-nb201
             missing = [a for a in self.problem.table if a not in self.scores]  # all at once: one predictor load
-            self.scores.update(
-                predictor_scores(self.space.name, missing, self.log, f"runs/screening/{held}.safetensors")
-            )
+            self.scores.update(predictor_scores(self.space.name, missing, self.log, self.predictor))
         return {"score": self.scores[key], self.problem.cost: self.problem.table[key][1]}
 
 
@@ -74,9 +75,9 @@ def fill_scores_from_bench(problem: Problem, bench: str, target: str) -> int:
     from predictors.predictor import Predictor
     from predictors.training import load_bench_data
 
-    log = JsonLines(SCORES[problem.space.name], "arch")
-    held = Path(log.path).stem.split("-", 1)[1]
-    predictor = Predictor.load(f"runs/screening/{held}.safetensors")
+    predictor_file, scores_file = held_out_files(problem.space.name)
+    log = JsonLines(scores_file, "arch")
+    predictor = Predictor.load(predictor_file)
     data = load_bench_data(bench, target, text_format=predictor.text_format, encoder=Encoder(predictor.encoder_name))
     scores = predictor.score_embeddings(data.embeddings, data.summaries)
     done = {r["arch"] for r in log.read()}
@@ -99,7 +100,7 @@ def screened_run(
     screen = ScreenedEvaluator(
         problem.space,
         cheap="experiments.screening.PrecomputedScore",
-        cheap_options={"scores": SCORES[problem.space.name], "problem": problem.name},
+        cheap_options={"problem": problem.name},
         expensive="table",
         cost=problem.cost,
         explore=explore,
@@ -128,9 +129,7 @@ app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
 
 @app.command(help=__doc__)
 def main(
-    problems: Annotated[
-        str, typer.Option(help="Comma list of problems.")
-    ] = "nb201-params,nb201-pixel3,nbmacro-params,nbmacro-flops",
+    problems: Annotated[str, typer.Option(help="Comma list of problems.")] = ",".join(PROBLEMS),
     seeds: Annotated[int, typer.Option(help="Seeds.")] = 20,
     queries: Annotated[int, typer.Option(help="Table queries per search.")] = 200,
     max_trials: Annotated[int, typer.Option(help="Proposals at most per screened search.")] = 3000,

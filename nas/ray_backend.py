@@ -153,16 +153,15 @@ def _evaluate_task(
         options = {**spec["evaluator_options"], "artifacts_dir": scratch}
         _CACHE[job] = (space, make_evaluator(spec["evaluator"], space, **options))
     space, evaluator = _CACHE[job]
-    s = seed
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     torch.set_num_threads(threads)
     if history is not None:
         evaluator.restore(history)  # type: ignore[attr-defined]
     start = time.perf_counter()
     decoded = space.decode(arch)
-    outcome = evaluate_outcome(evaluator, decoded, s, timeout)  # the clock starts with a built evaluator
+    outcome = evaluate_outcome(evaluator, decoded, seed, timeout)  # the clock starts with a built evaluator
     artifacts = getattr(evaluator, "artifacts", None)
     if callable(artifacts):  # written to this node's scratch directory: they travel back with the outcome
         for path in artifacts(decoded):

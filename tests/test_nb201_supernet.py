@@ -11,6 +11,7 @@ import torch
 from nas.supernet import SupernetConfig, SupernetTrainer, load_checkpoint, supernet_from_checkpoint
 from nas.tables import load_nb201_identities
 from nas_ground.cost import count_params
+from nas_ground.data import load_cifar10
 from search_spaces import InvalidArchitecture, UserInputError, get_space
 from search_spaces.nb201 import OPS, Cell, NB201Network
 from search_spaces.nb201_supernet import NB201Supernet, distinct_cells, sample_distinct
@@ -65,8 +66,6 @@ def test_bad_use_raises_errors_naming_the_problem():
 def test_spos_training_updates_the_active_ops_only_and_checkpoints(
     tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from nas_ground.data import load_cifar10
-
     options = {"channels": 4, "cells_per_stage": 1}
     cfg = SupernetConfig(
         space="nb201",
@@ -116,15 +115,17 @@ def test_distinct_cells_are_one_per_network_of_the_table(nb201_csv: Path):
         distinct_cells(nb201_csv.parent / "missing.csv")
 
 
-def test_distinct_sampling_draws_only_one_cell_per_network(tmp_path: Path, data_dir: Path):
-    from nas_ground.data import load_cifar10
-
-    options = {"channels": 4, "cells_per_stage": 1}
+def tiny_trainer(run_dir: Path, data_dir: Path, **sampling: bool) -> SupernetTrainer:
+    """A SPOS trainer of a 4-channel, 1-cell NB201 supernet on 32 images, with the given sampling option."""
     cfg = SupernetConfig(
-        space="nb201", strategy="spos", epochs=1, train_images=32, val_images=32, batch_size=8, distinct=True,
-        supernet_options=options,
+        space="nb201", strategy="spos", epochs=1, train_images=32, val_images=32, batch_size=8,
+        supernet_options={"channels": 4, "cells_per_stage": 1}, **sampling,
     )  # fmt: skip
-    trainer = SupernetTrainer(tmp_path, cfg, load_cifar10(data_dir))
+    return SupernetTrainer(run_dir, cfg, load_cifar10(data_dir))
+
+
+def test_distinct_sampling_draws_only_one_cell_per_network(tmp_path: Path, data_dir: Path):
+    trainer = tiny_trainer(tmp_path, data_dir, distinct=True)
     representatives = set(trainer.space.distinct_archs())  # type: ignore[attr-defined]
     assert len(representatives) == 6466
     rng = random.Random(0)
@@ -136,14 +137,7 @@ def test_distinct_sampling_draws_only_one_cell_per_network(tmp_path: Path, data_
 
 
 def test_fair_sampling_gives_every_op_of_every_edge_once_per_cycle(tmp_path: Path, data_dir: Path):
-    from nas_ground.data import load_cifar10
-
-    options = {"channels": 4, "cells_per_stage": 1}
-    cfg = SupernetConfig(
-        space="nb201", strategy="spos", epochs=1, train_images=32, val_images=32, batch_size=8, fair=True,
-        supernet_options=options,
-    )  # fmt: skip
-    trainer = SupernetTrainer(tmp_path, cfg, load_cifar10(data_dir))
+    trainer = tiny_trainer(tmp_path, data_dir, fair=True)
     rng = random.Random(0)
     drawn = [trainer._children(rng)[0][0] for _ in range(4 * len(OPS))]
     for start in range(0, len(drawn), len(OPS)):

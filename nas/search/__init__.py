@@ -2,8 +2,8 @@
 
 A run directory holds ``config.yaml``, ``env.json``, ``study.journal`` (the Optuna storage), ``trials.csv``,
 ``pareto.json``, ``pareto/*.onnx`` and ``pareto.png`` (and ``ray.json`` when the trials ran as Ray tasks). Running
-the same configuration on the same directory resumes: completed trials are kept, trials a killed process left
-RUNNING are failed and redone.
+the same configuration on the same directory resumes: completed trials are kept, trials whose owner is gone (a
+killed driver) are failed and redone (`nas.search.recovery`).
 """
 
 from nas.search.config import SearchConfig, load_config_file

@@ -121,11 +121,13 @@ def recover_interrupted(study: optuna.Study, grace: float = 0.0) -> list[int]:
     storage = study._storage
     redo = RedoCallback()
     native = native_heartbeat(study)
+    stale: set[int] = set()  # failed by Optuna's heartbeat check (its callback, RedoCallback, re-enqueues them)
     if native:
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         with heartbeat_quiet():
-            optuna.storages.fail_stale_trials(study)  # Optuna's heartbeat: its callback (RedoCallback) re-enqueues
-        stale = before - {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            optuna.storages.fail_stale_trials(study)
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        stale = {t.number for t in failed if t.number in before and "fail_reason" not in t.user_attrs}
     redone: list[int] = []
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -141,8 +143,7 @@ def recover_interrupted(study: optuna.Study, grace: float = 0.0) -> list[int]:
             continue  # another driver failed it (or its owner finished it) first
         redo(study, storage.get_trial(t._trial_id))
         redone.append(t.number)
-    if native:
-        redone = sorted(set(redone) | {n for n in stale if n not in redone})
+    redone = sorted(set(redone) | stale)
     if redone:
         log.info("failed the interrupted trials %s (owner gone); they will be redone", redone)
     return redone
@@ -158,11 +159,6 @@ def counts(t: FrozenTrial) -> bool:
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
         t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
     )
-
-
-def count_pending(study: optuna.Study) -> int:
-    """Trials some driver is evaluating or will evaluate next: RUNNING and WAITING (enqueued redos)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
 
 
 class Heartbeats:
