@@ -27,8 +27,8 @@ import typer
 from experiments.record import record
 from nas.supernet import SupernetConfig, SupernetTrainer, recalibrate_bn
 from nas.tables import load_nbmacro_table, nb201_table_path, nbmacro_table_path, nested_sample
-from nas.train import VAL_POOL, evaluate_accuracy
-from nas_ground.data import load_cifar10, split_train_val
+from nas.train import evaluate_accuracy
+from nas_ground.data import VAL_POOL, load_cifar10, split_train_val
 from nas_ground.jsonl import JsonLines
 from predictors.metrics import kendall_tau, spearman_rho
 from search_spaces import get_space

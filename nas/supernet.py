@@ -29,7 +29,7 @@ from torch import nn
 
 from nas.train import check_budget, evaluate_accuracy, resolve_device, validation_split
 from nas_ground.atomic import atomic_path
-from nas_ground.data import Cifar10, augment, normalize
+from nas_ground.data import ImageData, augment, normalize
 from nas_ground.errors import UserInputError
 from nas_ground.training import apply_gradients, check_finite, minibatches
 from search_spaces import SearchSpace, get_space
@@ -116,7 +116,7 @@ class SupernetData:
     y_val: np.ndarray
 
 
-def supernet_data(data: Cifar10, cfg: SupernetConfig) -> SupernetData:
+def supernet_data(data: ImageData, cfg: SupernetConfig) -> SupernetData:
     train_idx, val_idx = validation_split(data, cfg)  # type: ignore[arg-type]
     return SupernetData(
         normalize(data.train_x[train_idx]),
@@ -170,7 +170,7 @@ def supernet_from_checkpoint(ckpt: dict[str, Any]) -> tuple[SearchSpace[Any], nn
 class SupernetTrainer:
     """Owns one run directory: trains, checkpoints every epoch, resumes from the last checkpoint."""
 
-    def __init__(self, run_dir: str | Path, cfg: SupernetConfig, data: Cifar10) -> None:
+    def __init__(self, run_dir: str | Path, cfg: SupernetConfig, data: ImageData) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg

@@ -1,4 +1,5 @@
-"""CIFAR-10 for training and search: find or download the batches, load them safely, split and augment."""
+"""Image data for training and search: the data set type, CIFAR-10 found or downloaded and loaded safely, splits,
+normalisation and augmentation."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FILES = (*TRAIN_BATCHES, "test_batch", "batches.meta")
 NUM_CLASSES = 10
+VAL_POOL = 10_000  # images held out of CIFAR's 50k training set; validation subsets are drawn from these
 IMAGE_SHAPE = (3, 32, 32)  # (C, H, W); a stored row is 1024 red, 1024 green, 1024 blue values
 CROP_PADDING = 4
 
@@ -253,17 +255,84 @@ def _load_label_names(path: Path) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, eq=False)
-class Cifar10:
-    """The whole data set in memory; the arrays are read-only because one cached copy serves every caller."""
+class ImageData:
+    """An image classification data set in memory (CIFAR-10, CIFAR-100, a folder, an ``.npz`` file).
 
-    train_x: np.ndarray  # (50000, 3, 32, 32) uint8
-    train_y: np.ndarray  # (50000,) int64
-    test_x: np.ndarray  # (10000, 3, 32, 32) uint8
-    test_y: np.ndarray  # (10000,) int64
+    The arrays are read-only because one cached copy serves every caller. When the data set brings its own
+    validation images (a folder's ``val/``, an ``.npz`` file's ``x_val``), they are the last ``given_val`` rows of
+    ``train_x``; otherwise validation images are a seeded split of the training images (`search_split`).
+    ``mean`` and ``std`` are the per-channel statistics of the training images in [0, 1], the normalisation
+    every model of a run sees.
+    """
+
+    train_x: np.ndarray  # (N, 3, H, W) uint8
+    train_y: np.ndarray  # (N,) int64 in 0..num_classes - 1
+    test_x: np.ndarray  # (M, 3, H, W) uint8
+    test_y: np.ndarray  # (M,) int64
     classes: tuple[str, ...]
+    name: str = "cifar10"
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    given_val: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def val_pool(self) -> int:
+        """How many images validation can draw from: the given ones, else 10,000 of CIFAR's 50,000 (a fifth)."""
+        return self.given_val or min(VAL_POOL, len(self.train_x) // 5)
+
+    @property
+    def train_pool(self) -> int:
+        """How many images training can draw from (the rest)."""
+        return len(self.train_x) - self.val_pool
+
+    def search_split(self, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train indices, validation indices) into ``train_x``, each in a seeded order (a prefix is a seeded
+        random subset): the same split for every trial of a search."""
+        if not self.given_val:
+            return split_train_val(len(self.train_x), self.val_pool, split_seed)
+        rng = np.random.default_rng(split_seed)
+        n_train = len(self.train_x) - self.given_val
+        return rng.permutation(n_train), n_train + rng.permutation(self.given_val)
+
+    def summary(self) -> dict[str, object]:
+        """What a run records of its data: name, classes, image shape, split sizes and the normalisation."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "classes": list(self.classes),
+            "input_shape": list(self.input_shape),
+            "train_images": self.train_pool,
+            "val_images": self.val_pool,
+            "test_images": len(self.test_x),
+            "mean": [round(float(v), 6) for v in self.mean],
+            "std": [round(float(v), 6) for v in self.std],
+        }
 
 
-def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True, progress: bool = True) -> Cifar10:
+def channel_stats(x_uint8: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of uint8 images (N, C, H, W), accumulated in float64 chunks."""
+    total = np.zeros(x_uint8.shape[1])
+    squares = np.zeros(x_uint8.shape[1])
+    for i in range(0, len(x_uint8), chunk):
+        block = x_uint8[i : i + chunk].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 2, 3))
+        squares += (block**2).sum(axis=(0, 2, 3))
+    count = len(x_uint8) * x_uint8.shape[2] * x_uint8.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True, progress: bool = True) -> ImageData:
     """Load CIFAR-10 from the resolved data directory (see ``resolve_data_dir``), downloading it if allowed.
 
     The arrays are cached per directory for the life of the process, so repeated calls are free.
@@ -280,16 +349,21 @@ def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True, p
 
 
 @functools.lru_cache(maxsize=2)
-def _load_folder(folder: Path) -> Cifar10:
+def _load_folder(folder: Path) -> ImageData:
     start = time.perf_counter()
     train = [_load_batch(folder / name) for name in TRAIN_BATCHES]
     test_x, test_y = _load_batch(folder / "test_batch")
-    data = Cifar10(
-        train_x=np.concatenate([x for x, _ in train]),
+    train_x = np.concatenate([x for x, _ in train])
+    mean, std = channel_stats(train_x)
+    data = ImageData(
+        train_x=train_x,
         train_y=np.concatenate([y for _, y in train]),
         test_x=test_x,
         test_y=test_y,
         classes=_load_label_names(folder / "batches.meta"),
+        name="cifar10",
+        mean=mean,
+        std=std,
     )
     for array in (data.train_x, data.train_y, data.test_x, data.test_y):
         array.flags.writeable = False
@@ -314,15 +388,20 @@ def split_train_val(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return order[n_val:], order[:n_val]
 
 
-def normalize(x_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) to float32 standardised with the CIFAR-10 channel mean and std."""
+def normalize(
+    x_uint8: np.ndarray | torch.Tensor,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
+) -> torch.Tensor:
+    """uint8 images (N, C, H, W) to float32 standardised with a channel mean and std (in [0, 1] units; default
+    CIFAR-10's; a data set's own are ``ImageData.mean`` / ``.std``)."""
     if x_uint8.dtype not in (np.uint8, torch.uint8):
         raise TypeError(f"normalize expects uint8 pixels, got {x_uint8.dtype}")
     x = torch.from_numpy(np.array(x_uint8, dtype=np.float32)) if isinstance(x_uint8, np.ndarray) else x_uint8
     x = x.to(torch.float32)
-    mean = torch.tensor(CIFAR10_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=x.device).view(1, 3, 1, 1)
-    return (x / 255.0 - mean) / std
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x / 255.0 - m) / s
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -342,3 +421,17 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * CROP_PADDING))  # (N, C, H, W + 8)
     return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017) of a normalised batch (N, C, H, W): a ``size`` x ``size`` square centred at a
+    random pixel of each image (clipped at the borders) set to zero, the mean colour after normalisation."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=generator, device=generator.device).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=generator, device=generator.device).to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :]  # (1, H)
+    cols = torch.arange(w, device=x.device)[None, :]
+    inside_rows = (rows >= (cy - size // 2)[:, None]) & (rows < (cy - size // 2 + size)[:, None])  # (N, H)
+    inside_cols = (cols >= (cx - size // 2)[:, None]) & (cols < (cx - size // 2 + size)[:, None])  # (N, W)
+    hole = inside_rows[:, :, None] & inside_cols[:, None, :]  # (N, H, W)
+    return x.masked_fill(hole[:, None], 0.0)

@@ -419,12 +419,13 @@ class Cell(nn.Module):
 
 
 class AuxiliaryHeadCIFAR(nn.Sequential):
-    """Classifier on the 8x8 features after the second reduction cell (DARTS)."""
+    """Classifier on the features after the second reduction cell (DARTS: 8x8 on CIFAR), pooled to 2x2 whatever
+    the image size."""
 
     def __init__(self, c: int, num_classes: int) -> None:
         super().__init__(
             nn.ReLU(),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # (B, c, 2, 2)
+            nn.AdaptiveAvgPool2d(2),  # (B, c, 2, 2)
             nn.Conv2d(c, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from nas.cli import bench, dashboard, onnx, predictor, proxy, search, supernet  # noqa: F401  (registers the commands)
+from nas.cli import bench, dashboard, final, onnx, predictor, proxy, search, show, supernet  # noqa: F401  (registers the commands)
 from nas.cli.app import app, err
 from nas_ground.errors import UserInputError
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from nas.cli.app import app, err, out
 from nas_ground.errors import UserInputError
@@ -22,6 +21,10 @@ QUICK_NETWORK = {"nasnet": {"channels": 8, "layers": 1}, "darts": {"channels": 8
 def search(
     space: Annotated[
         str | None, typer.Option(help="Search space: nasnet, darts, nb201, transformer, transformer-small.")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="What train evaluators train on: cifar10 (default), cifar100, folder:PATH, npz:PATH."),
     ] = None,
     evaluator: Annotated[
         str | None,
@@ -82,6 +85,7 @@ def search(
     data: dict[str, Any] = load_config_file(config) if config else {}
     given = {
         "space": space,
+        "dataset": dataset,
         "evaluator": evaluator,
         "objectives": objectives,
         "trials": trials,
@@ -138,6 +142,7 @@ def evaluate(
     evaluator: Annotated[str, typer.Option(help="train or table.")] = "train",
     config: Annotated[Path | None, typer.Option(help="YAML file with evaluator_options.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
+    dataset: Annotated[str, typer.Option(help="train: cifar10, cifar100, folder:PATH or npz:PATH.")] = "cifar10",
 ) -> None:
     """Evaluate one architecture and print its metrics as JSON."""
     import json
@@ -151,6 +156,8 @@ def evaluate(
     options = load_config_file(config).get("evaluator_options", {}) if config else {}
     if evaluator == "train":
         options = {**QUICK_TRAIN, **QUICK_NETWORK.get(space, {}), **options}
+        if dataset != "cifar10":
+            options["dataset"] = dataset
     job = make_evaluator(evaluator, search_space, data_dir=str(data_dir) if data_dir else None, **options)
     try:
         metrics = job.evaluate(decoded)
@@ -190,14 +197,9 @@ def _run_with_progress(job: Any) -> None:
 
 
 def _print_pareto(result: Any, job: Any) -> None:
-    names = [n for n, _ in job.objectives]
-    extra = sorted({k for m in result.pareto for k in m.metrics if k.startswith("test_accuracy")})
-    table = Table(title=f"Pareto front: {len(result.pareto)} of {result.completed} completed ({result.failed} failed)")
-    for col in ["trial", *names, *extra]:
-        table.add_column(col, justify="right")
-    table.add_column("architecture", overflow="fold", ratio=1)
-    for m in sorted(result.pareto, key=lambda m: m.metrics[names[0]]):
-        cells = [f"{m.metrics[k]:.4g}" if k in m.metrics else "" for k in [*names, *extra]]
-        table.add_row(str(m.trial), *cells, m.arch)
-    out.print(table)
+    from nas.cli.show import pareto_table
+
+    title = f"Pareto front: {len(result.pareto)} of {result.completed} completed ({result.failed} failed)"
+    out.print(pareto_table(result.pareto, job.objectives, title, pareto_json=result.run_dir / "pareto.json"))
     out.print(f"outputs in {result.run_dir}: pareto.json, pareto.png, pareto/*.onnx, trials.csv")
+    out.print(f"train a member for real: nas train {result.run_dir} --member TRIAL --epochs E --int8", highlight=False)

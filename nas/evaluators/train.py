@@ -15,7 +15,7 @@ from nas.evaluators.base import BUILD_KEYS, TEXT_BUILD_KEYS, TrialFailed, profil
 from nas.text_train import TextTrainConfig, text_accuracy, text_train_config, train_text_model
 from nas.train import TrainConfig, evaluate_accuracy, resolve_device, train_model
 from nas_ground.atomic import atomic_path
-from nas_ground.data import Cifar10
+from nas_ground.data import ImageData
 from nas_ground.errors import UserInputError
 from nas_ground.text_data import SST2
 from nas_ground.training import Diverged
@@ -25,7 +25,9 @@ from search_spaces.base import example_input
 
 @register("train")
 class TrainEvaluator:
-    """Train each candidate on a CIFAR-10 subset; report validation accuracy, params, FLOPs, CPU latency.
+    """Train each candidate on a subset of an image data set (``dataset``: CIFAR-10 by default, CIFAR-100, a folder
+    or an ``.npz`` file, see `nas_ground.datasets`); report validation accuracy, params, FLOPs, CPU latency. The
+    networks are built for the data's classes and image size.
 
     For a text space (``modality = "text"``) the data set is SST-2 (`nas.text_train`: AdamW, dev accuracy);
     the metrics keep their names, ``accuracy`` in percent on the dev sentences.
@@ -40,26 +42,32 @@ class TrainEvaluator:
         data_dir: str | None = None,
         artifacts_dir: str | None = None,
         test_images: int = 10_000,
+        dataset: str = "cifar10",
         **options: Any,
     ) -> None:
-        from nas_ground.data import load_cifar10
+        from nas_ground.datasets import load_image_data
 
         self.space = space
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
         if getattr(space, "modality", "image") == "text":
+            if dataset != "cifar10":
+                raise UserInputError(f"dataset={dataset!r}: the text space {space.name} trains on SST-2 only")
             self._init_text(data_dir, test_images, options)
             return
         self.build_options = {k: options.pop(k) for k in BUILD_KEYS if k in options}
         train_keys = set(TrainConfig.__dataclass_fields__)
         unknown = sorted(set(options) - train_keys)
         if unknown:
-            valid = ", ".join(sorted(train_keys | set(BUILD_KEYS)))
+            valid = ", ".join(sorted(train_keys | set(BUILD_KEYS) | {"dataset", "test_images"}))
             raise UserInputError(f"unknown train evaluator option {unknown[0]!r}; valid: {valid}")
         self.config: TrainConfig | TextTrainConfig = TrainConfig(**options)
-        self.data: Cifar10 | SST2 = load_cifar10(data_dir)
-        if not 1 <= test_images <= len(self.data.test_x):
-            raise UserInputError(f"test_images={test_images} must be in 1..{len(self.data.test_x)}")
-        self.test_images = test_images
+        data = load_image_data(dataset, data_dir)
+        self.data: ImageData | SST2 = data
+        adapt_space(space, data)
+        self.build_options.setdefault("num_classes", data.num_classes)
+        if not test_images >= 1:
+            raise UserInputError(f"test_images={test_images} must be >= 1")
+        self.test_images = min(test_images, len(data.test_x))
         self.build(space.sample(random.Random(0)))  # bad build options fail here, not mid-run
 
     def _init_text(self, data_dir: str | None, test_images: int, options: dict[str, Any]) -> None:
@@ -91,7 +99,7 @@ class TrainEvaluator:
             if isinstance(self.data, SST2) and isinstance(config, TextTrainConfig):
                 result: Any = train_text_model(model, self.data, config)
             else:
-                assert isinstance(self.data, Cifar10) and isinstance(config, TrainConfig)
+                assert isinstance(self.data, ImageData) and isinstance(config, TrainConfig)
                 result = train_model(model, self.data, config)
         except Diverged as exc:
             raise TrialFailed(f"diverged: {exc}") from exc
@@ -124,4 +132,13 @@ class TrainEvaluator:
         n, data = self.test_images, self.data
         if isinstance(data, SST2):
             return {"test_accuracy": text_accuracy(model, data.test_ids[:n], data.test_mask[:n], data.test_y[:n])}
-        return {"test_accuracy": evaluate_accuracy(model, data.test_x[:n], data.test_y[:n])}
+        return {
+            "test_accuracy": evaluate_accuracy(model, data.test_x[:n], data.test_y[:n], mean=data.mean, std=data.std)
+        }
+
+
+def adapt_space(space: SearchSpace[Any], data: ImageData) -> None:
+    """Make ``space`` describe networks for ``data``'s images: its ``input_shape`` (what profiling, export and the
+    example input use) becomes theirs. The classifier follows from the ``num_classes`` build option."""
+    if tuple(space.input_shape) != data.input_shape:
+        space.input_shape = data.input_shape  # type: ignore[misc]

@@ -12,12 +12,22 @@ from nas.ray_backend import RayOptions
 from nas_ground.errors import UserInputError
 
 # Keys whose change makes an existing run directory a different experiment (resume refuses it).
-IDENTITY_KEYS = ("space", "space_options", "evaluator", "evaluator_options", "objectives", "sampler", "seed")
+IDENTITY_KEYS = (
+    "space",
+    "space_options",
+    "dataset",
+    "evaluator",
+    "evaluator_options",
+    "objectives",
+    "sampler",
+    "seed",
+)
 
 
 @dataclass
 class SearchConfig:
     space: str = "nasnet"
+    dataset: str = "cifar10"  # what training evaluators train on: cifar10, cifar100, folder:PATH, npz:PATH
     evaluator: str = "train"
     objectives: list[str] | None = None  # default: the evaluator's (see default_objectives)
     trials: int = 10

@@ -37,6 +37,10 @@ from search_spaces.base import example_input
 log = logging.getLogger(__name__)
 
 
+# Evaluators that train on an image data set and so take ``dataset``.
+TRAINING_EVALUATORS = ("train", "predictor+train", "screened")
+
+
 def backstop_s(trial_timeout: float) -> float:
     """When the driver cancels a Ray task itself: a task stops its own evaluation after ``trial_timeout`` seconds
     (its worker's start-up not counted); one stuck where that cannot reach it (inside native code) is cancelled
@@ -73,6 +77,13 @@ class Search:
         self.run_dir = Path(cfg.run_dir or default_run_dir(cfg.space))
         self._check_resume()
         options = dict(cfg.evaluator_options)
+        if cfg.dataset != "cifar10":
+            if cfg.evaluator not in TRAINING_EVALUATORS:
+                raise UserInputError(
+                    f"dataset={cfg.dataset!r} needs an evaluator that trains ({', '.join(TRAINING_EVALUATORS)}), "
+                    f"not {cfg.evaluator!r}"
+                )
+            options["dataset"] = cfg.dataset
         if cfg.evaluator == "table" and any(n == "flops" for n, _ in self.objectives):
             options.setdefault("with_flops", True)
         self.ray = ray_options(cfg)
@@ -95,8 +106,9 @@ class Search:
             return
         old = load_config_file(saved)
         new = asdict(self.cfg)
+        defaults = asdict(SearchConfig())
         for key in IDENTITY_KEYS:
-            if old.get(key) != new.get(key):
+            if old.get(key, defaults[key]) != new.get(key):  # a key a run predates holds its default
                 raise UserInputError(
                     f"run dir {self.run_dir} holds a search with {key}={old.get(key)!r}, not {new.get(key)!r}; "
                     "use another --run-dir"
@@ -357,6 +369,12 @@ class Search:
     def _write_config(self) -> None:
         data = asdict(self.cfg)
         data["run_dir"] = str(self.run_dir)
+        images: Any = getattr(self.evaluator, "data", None) or getattr(
+            getattr(self.evaluator, "expensive", None), "data", None
+        )
+        summary = getattr(images, "summary", None)
+        if callable(summary):  # the image data set trained on: classes, sizes, normalisation
+            data["data"] = summary()
         atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
 
     def _finish(self, study: optuna.Study) -> SearchResult:
