@@ -252,4 +252,4 @@ def describe_device(device: str) -> str:
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         return f"{resolved} ({torch.cuda.get_device_name(resolved)}), bf16 autocast, channels_last"
-    return f"cpu ({torch.get_num_threads()} threads), float32, channels_last"
+    return f"cpu ({torch.get_num_threads()} threads), float32"
