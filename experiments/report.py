@@ -22,6 +22,7 @@ ORDER = (
     "pareto-quality",
     "pareto-quality-tuning-nb201",
     "quickstart-throughput",
+    "final-train",
     "ray",
     "chaos",
     # the NB201 builder and training loop against the table

@@ -248,5 +248,5 @@ def evaluate_accuracy(
         for i in range(0, len(x_uint8), batch_size):
             xb = normalize(torch.from_numpy(np.array(x_uint8[i : i + batch_size])).to(device), **stats)
             pred = model(xb.contiguous(memory_format=fmt)).argmax(dim=1).cpu()
-            correct += int((pred == torch.as_tensor(y[i : i + batch_size])).sum())
+            correct += int((pred == torch.from_numpy(np.array(y[i : i + batch_size]))).sum())
     return 100.0 * correct / len(x_uint8)
