@@ -157,6 +157,7 @@ def session_processes(sid: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # ~34 s; a killed driver resuming is also covered by the PostgreSQL two-driver test and chaos.py
 def test_sigkill_of_the_driver_then_same_command_resumes(tmp_path: Path, data_dir: Path, nb201_csv: Path):
     run = tmp_path / "run"
     config = tmp_path / "slow.yaml"
