@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from nas.evaluators import Evaluator, Screened, TrialFailed, make_evaluator
@@ -67,6 +68,20 @@ class Outcome:
     worker: dict[str, Any] = field(default_factory=dict)  # where it ran (tasks only): node id, host, pid
     traceback: str = ""  # a failure other than TrialFailed: where it was raised
     files: dict[str, bytes] = field(default_factory=dict)  # tasks: artifacts (trained weights), by file name
+    checkpoint: bytes | None = None  # tasks of a multi-fidelity rung: the trainer state to continue from
+    cpu_seconds: float = 0.0  # process CPU time of the evaluation (every thread of the process that ran it)
+
+
+@dataclass(frozen=True)
+class RungJob:
+    """One rung of a multi-fidelity candidate (`nas.search.fidelity`): train until ``budget`` epochs of a
+    ``top``-epoch schedule, continuing from the checkpoint file ``name`` (in the evaluating process's checkpoint
+    folder). ``first``: the candidate's first rung (costs are measured, a screened evaluator screens)."""
+
+    budget: int
+    top: int
+    first: bool
+    name: str
 
 
 class TrialTimeout(TrialFailed):
@@ -96,14 +111,30 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def evaluate_outcome(evaluator: Evaluator, arch: Any, seed: int | None = None, timeout: float | None = None) -> Outcome:
+def evaluate_outcome(
+    evaluator: Evaluator,
+    arch: Any,
+    seed: int | None = None,
+    timeout: float | None = None,
+    rung: RungJob | None = None,
+    checkpoints: Path | None = None,
+) -> Outcome:
     """Evaluate ``arch`` (training seeded by ``seed``, stopped after ``timeout`` seconds); every way an evaluation
     can end is an outcome: completed, screened out, or failed with its reason; an exception other than
     `TrialFailed` (a bug, CUDA out of memory, a corrupt cached file) fails the trial with its traceback instead of
-    stopping the search."""
+    stopping the search. With ``rung``, one rung of multi-fidelity training (checkpoint file in ``checkpoints``)."""
+    cpu = time.process_time()
     try:
         with time_limit(timeout):
-            metrics = evaluator.evaluate(arch, seed=seed)
+            if rung is None:
+                metrics = evaluator.evaluate(arch, seed=seed)
+            else:
+                assert checkpoints is not None
+                checkpoints.mkdir(parents=True, exist_ok=True)
+                metrics = evaluator.evaluate_rung(  # type: ignore[attr-defined]
+                    arch, seed=seed, budget=rung.budget, top=rung.top, first=rung.first,
+                    checkpoint=checkpoints / rung.name,
+                )  # fmt: skip
     except TrialFailed as exc:
         return Outcome("failed", reason=str(exc))
     except Screened as exc:
@@ -112,7 +143,7 @@ def evaluate_outcome(evaluator: Evaluator, arch: Any, seed: int | None = None, t
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         reason = f"{type(exc).__name__}: {first}"[:500] if first else type(exc).__name__
         return Outcome("failed", reason=reason, traceback=traceback.format_exc()[-8000:])
-    return Outcome("complete", metrics)
+    return Outcome("complete", metrics, cpu_seconds=time.process_time() - cpu)
 
 
 class WorkerLost(RuntimeError):
@@ -132,19 +163,30 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 # Worker side: the space and evaluator of the last job this worker process saw, keyed by the job's JSON.
 _CACHE: dict[str, tuple[SearchSpace[Any], Evaluator]] = {}
+_SCRATCH: dict[str, Path] = {}
 
 
 def _evaluate_task(
-    job: str, arch: str, seed: int, threads: int, history: list[dict[str, float]] | None, timeout: float | None
+    job: str,
+    arch: str,
+    seed: int,
+    threads: int,
+    history: list[dict[str, float]] | None,
+    timeout: float | None,
+    rung: dict[str, Any] | None = None,
+    checkpoint: bytes | None = None,
 ) -> Outcome:
     """A Ray task: rebuild (once per process) the job's space and evaluator, seed, evaluate ``arch``; the outcome
-    carries the files the evaluation wrote (trained weights), for a driver that does not share this filesystem."""
+    carries the files the evaluation wrote (trained weights), for a driver that does not share this filesystem.
+    A multi-fidelity rung (``rung``: a `RungJob` as a dict) starts from the ``checkpoint`` bytes the driver sent and
+    returns the new checkpoint in the outcome: a promoted candidate may continue on any worker."""
     import numpy as np
     import ray
     import torch
 
     if job not in _CACHE:
         _CACHE.clear()  # one evaluator per process: a training evaluator holds its data set
+        _SCRATCH.clear()
         spec = json.loads(job)
         space = get_space(spec["space"], **spec["space_options"])
         # Artifacts go to this node's scratch space, never straight into the run directory (which this node may not
@@ -152,6 +194,7 @@ def _evaluate_task(
         scratch = tempfile.mkdtemp(prefix="nas-task-")
         options = {**spec["evaluator_options"], "artifacts_dir": scratch}
         _CACHE[job] = (space, make_evaluator(spec["evaluator"], space, **options))
+        _SCRATCH[job] = Path(scratch)
     space, evaluator = _CACHE[job]
     random.seed(seed)
     np.random.seed(seed)
@@ -161,7 +204,22 @@ def _evaluate_task(
         evaluator.restore(history)  # type: ignore[attr-defined]
     start = time.perf_counter()
     decoded = space.decode(arch)
-    outcome = evaluate_outcome(evaluator, decoded, seed, timeout)  # the clock starts with a built evaluator
+    job_rung, checkpoints = None, _SCRATCH[job] / "ckpt"
+    if rung is not None:
+        job_rung = RungJob(**rung)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoints / job_rung.name
+        if checkpoint is not None:
+            ckpt.write_bytes(checkpoint)
+        else:
+            ckpt.unlink(missing_ok=True)
+    outcome = evaluate_outcome(evaluator, decoded, seed, timeout, job_rung, checkpoints)  # clock starts after setup
+    if job_rung is not None:
+        ckpt = checkpoints / job_rung.name
+        if ckpt.is_file():
+            if outcome.status == "complete":
+                outcome.checkpoint = ckpt.read_bytes()
+            ckpt.unlink()
     artifacts = getattr(evaluator, "artifacts", None)
     if callable(artifacts):  # written to this node's scratch directory: they travel back with the outcome
         for path in artifacts(decoded):
@@ -259,11 +317,19 @@ class RayBackend:
             self._owns_connection = False
 
     def submit(
-        self, arch: str, seed: int, history: list[dict[str, float]] | None = None, timeout: float | None = None
+        self,
+        arch: str,
+        seed: int,
+        history: list[dict[str, float]] | None = None,
+        timeout: float | None = None,
+        rung: RungJob | None = None,
+        checkpoint: bytes | None = None,
     ) -> Any:
         """Start evaluating an architecture with training seed ``seed``, stopped by the task itself after
-        ``timeout`` seconds of evaluation; returns the task's reference."""
-        ref = self._remote.remote(self.job, arch, seed, self.threads, history, timeout)
+        ``timeout`` seconds of evaluation (a multi-fidelity ``rung``: from ``checkpoint``); returns the task's
+        reference."""
+        spec = None if rung is None else asdict(rung)
+        ref = self._remote.remote(self.job, arch, seed, self.threads, history, timeout, spec, checkpoint)
         self._pending.add(ref)
         return ref
 

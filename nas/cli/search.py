@@ -65,6 +65,15 @@ def search(
     ] = None,
     predictor: Annotated[Path | None, typer.Option(help="predictor evaluators: predictor file.")] = None,
     supernet: Annotated[Path | None, typer.Option(help="supernet evaluator: RUN_DIR/checkpoint.pt.")] = None,
+    rungs: Annotated[
+        str | None,
+        typer.Option(
+            help="Multi-fidelity (train): rung budgets in epochs, e.g. 1,3,9; a candidate continues to the next rung "
+            "only in the top 1/eta of its rung (MO-ASHA); the last rung is the epochs."
+        ),
+    ] = None,
+    eta: Annotated[float | None, typer.Option(help="Multi-fidelity: reduction factor [default: 3].")] = None,
+    fidelity: Annotated[str | None, typer.Option(help="Multi-fidelity: the rungs' unit (epochs).")] = None,
     workers: Annotated[
         int | None, typer.Option(help="Evaluate this many trials at once as Ray tasks (a local Ray runtime).")
     ] = None,
@@ -101,6 +110,9 @@ def search(
         "ray_address": ray_address,
         "cpus_per_trial": cpus_per_trial,
         "gpus_per_trial": gpus_per_trial,
+        "rungs": rungs,
+        "eta": eta,
+        "fidelity": fidelity,
     }
     data.update({k: v for k, v in given.items() if v is not None})
     cfg = SearchConfig.from_dict(data, source=str(config) if config else "options")
@@ -117,8 +129,9 @@ def search(
         "supernet": str(supernet) if supernet else None,
     }
     trains = cfg.evaluator in ("train", "predictor+train")
+    quick = {k: v for k, v in QUICK_TRAIN.items() if not (cfg.rungs and k == "epochs")}  # rungs set the epochs
     cfg.evaluator_options = {
-        **(QUICK_TRAIN if trains else {}),
+        **(quick if trains else {}),
         **(QUICK_NETWORK.get(cfg.space, {}) if cfg.evaluator != "table" else {}),
         **cfg.evaluator_options,
         **{k: v for k, v in flags.items() if v is not None},

@@ -67,7 +67,8 @@ class ScreenedEvaluator:
     def _dominated(self, score: float, cost: float) -> bool:
         return any(s >= score and c <= cost and (s > score or c < cost) for s, c in self.screened)
 
-    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
+    def _screen(self, arch: Any) -> float:
+        """The cheap score of ``arch``; raises `Screened` when its (score, cost) is ruled out."""
         cheap = self.cheap.evaluate(arch)
         score, cost = float(cheap[self.score_name]), float(cheap[self.cost])
         dominated = self._dominated(score, cost)
@@ -75,7 +76,18 @@ class ScreenedEvaluator:
         if dominated and self.rng.random() >= self.explore:
             figures = {**cheap, "score": score}
             raise Screened(f"screened out: {self.score_name} {score:.4g} at {self.cost} {cost:.4g} dominated", figures)
+        return score
+
+    def evaluate(self, arch: Any, *, seed: int | None = None) -> dict[str, float]:
+        score = self._screen(arch)
         return {**self.expensive.evaluate(arch, seed=seed), "score": score}
+
+    def evaluate_rung(self, arch: Any, *, first: bool, **rung: Any) -> dict[str, float]:
+        """Multi-fidelity: the cheap scorer decides who starts (the first rung), the rungs who continue."""
+        if not first:
+            return self.expensive.evaluate_rung(arch, first=False, **rung)  # type: ignore[attr-defined]
+        score = self._screen(arch)
+        return {**self.expensive.evaluate_rung(arch, first=True, **rung), "score": score}  # type: ignore[attr-defined]
 
     def final_metrics(self, arch: Any) -> dict[str, float]:
         return self.expensive.final_metrics(arch)

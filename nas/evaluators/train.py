@@ -13,7 +13,7 @@ from torch import nn
 from nas.evaluators import register
 from nas.evaluators.base import BUILD_KEYS, TEXT_BUILD_KEYS, TrialFailed, profile, weights_path
 from nas.text_train import TextTrainConfig, text_accuracy, text_train_config, train_text_model
-from nas.train import TrainConfig, evaluate_accuracy, resolve_device, train_model
+from nas.train import TrainConfig, Trainer, evaluate_accuracy, resolve_device, train_model
 from nas_ground.atomic import atomic_path
 from nas_ground.data import ImageData
 from nas_ground.errors import UserInputError
@@ -108,6 +108,45 @@ class TrainEvaluator:
                 torch.save(model.cpu().state_dict(), tmp)
         return {"accuracy": result.val_accuracy, "train_seconds": result.seconds, "train_loss": result.train_loss}
 
+    def evaluate_rung(
+        self, arch: Any, *, seed: int | None, budget: int, top: int, first: bool, checkpoint: Path
+    ) -> dict[str, float]:
+        """Multi-fidelity (`nas.search.fidelity`): train ``arch`` until ``budget`` epochs of a ``top``-epoch schedule
+        (the cosine schedule and drop path span the top rung, so a candidate that reaches it has trained exactly as a
+        single ``top``-epoch evaluation would), continuing from ``checkpoint`` when it holds this candidate's state,
+        and writing it after every epoch. ``first``: the candidate's first rung, which also measures the untrained
+        costs (params, FLOPs, latency). ``resumed_from`` says how many epochs came from the checkpoint."""
+        if isinstance(self.data, SST2) or not isinstance(self.config, TrainConfig):
+            raise TrialFailed("multi-fidelity training is for image spaces")
+        model = self.build(arch, seed)
+        metrics = profile(model, example_input(self.space)) if first else {}
+        config = dataclasses.replace(self.config, seed=self.config.seed if seed is None else seed, epochs=top)
+        trainer = Trainer(model, self.data, config)
+        key: dict[str, Any] = {"arch": self.space.encode(arch), "seed": config.seed, "top": top}
+        state = _load_checkpoint(checkpoint, key)
+        if state is not None:
+            trainer.load_state_dict(state)
+        resumed = trainer.epoch
+        try:
+            while trainer.epoch < budget:
+                trainer.run_epoch()
+                with atomic_path(checkpoint) as tmp:
+                    torch.save({**key, "trainer": trainer.state_dict()}, tmp)
+        except Diverged as exc:
+            raise TrialFailed(f"diverged: {exc}") from exc
+        result = trainer.result()
+        if self.artifacts_dir is not None:
+            with atomic_path(weights_path(self.artifacts_dir, key["arch"])) as tmp:
+                torch.save({k: v.detach().cpu() for k, v in trainer.eval_model().state_dict().items()}, tmp)
+        return {
+            **metrics,
+            "accuracy": result.val_accuracy,
+            "train_seconds": trainer.seconds,
+            "train_loss": trainer.last_loss,
+            "rung": float(budget),
+            "resumed_from": float(resumed),
+        }
+
     def model(self, arch: Any) -> nn.Module:
         model = self.build(arch)
         if self.artifacts_dir is not None:
@@ -135,6 +174,21 @@ class TrainEvaluator:
         return {
             "test_accuracy": evaluate_accuracy(model, data.test_x[:n], data.test_y[:n], mean=data.mean, std=data.std)
         }
+
+
+def _load_checkpoint(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The trainer state in ``path`` when it is this candidate's (architecture, seed, top rung), else None (no file,
+    another candidate's, or unreadable: training starts from zero)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception:  # a torn or foreign file is not a reason to fail the trial: retrain from zero
+        return None
+    if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in key.items()):
+        return None
+    state: dict[str, Any] = saved["trainer"]
+    return state
 
 
 def adapt_space(space: SearchSpace[Any], data: ImageData) -> None:

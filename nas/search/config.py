@@ -21,6 +21,9 @@ IDENTITY_KEYS = (
     "objectives",
     "sampler",
     "seed",
+    "fidelity",
+    "rungs",
+    "eta",
 )
 
 
@@ -42,6 +45,10 @@ class SearchConfig:
     space_options: dict[str, Any] = field(default_factory=dict)
     evaluator_options: dict[str, Any] = field(default_factory=dict)
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # Multi-fidelity (see nas.search.fidelity): rung budgets in epochs ("1,3,9"), reduction factor eta.
+    fidelity: str | None = None  # the rungs' unit: epochs (the default when rungs are given)
+    rungs: list[int] | None = None
+    eta: float = 3.0
     # Ray (see nas.ray_backend): trials in flight as Ray tasks, on a local runtime or the cluster at ray_address.
     workers: int | None = None
     ray_address: str | None = None
@@ -65,6 +72,10 @@ class SearchConfig:
             self.objectives = default_objectives(self.evaluator)
         elif isinstance(self.objectives, str):
             self.objectives = [o for o in self.objectives.split(",") if o]
+        if self.rungs is not None:
+            from nas.search.fidelity import parse_rungs
+
+            self.rungs = list(parse_rungs(self.rungs)) or None
         if not float(self.heartbeat) > 0:
             raise UserInputError(f"heartbeat={self.heartbeat} must be > 0 seconds")
         if self.trial_timeout is not None and not float(self.trial_timeout) > 0:

@@ -21,8 +21,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.evaluators import Evaluator, make_evaluator
-from nas.ray_backend import RESUBMITS, Outcome, RayBackend, RayOptions, WorkerLost, evaluate_outcome
+from nas.ray_backend import RESUBMITS, Outcome, RayBackend, RayOptions, RungJob, WorkerLost, evaluate_outcome
 from nas.search.config import IDENTITY_KEYS, SearchConfig, load_config_file, ray_options, trial_seed
+from nas.search.fidelity import Fidelity, decide, make_fidelity, rung_records
 from nas.search.pareto import ParetoMember, pareto_front, plot_pareto, write_pareto_json
 from nas.search.recovery import Heartbeats, count_finished, counts, heartbeat_quiet, recover_interrupted
 from nas.search.run_dir import default_run_dir, write_env
@@ -32,7 +33,7 @@ from nas.search.trials_csv import write_trials_csv
 from nas_ground.atomic import atomic_write
 from nas_ground.errors import UserInputError
 from search_spaces import SearchSpace, get_space
-from search_spaces.base import example_input
+from search_spaces.base import arch_digest, example_input
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class Search:
             options["dataset"] = cfg.dataset
         if cfg.evaluator == "table" and any(n == "flops" for n, _ in self.objectives):
             options.setdefault("with_flops", True)
+        self.fidelity: Fidelity | None = make_fidelity(cfg.fidelity, cfg.rungs, cfg.eta)
+        if self.fidelity is not None:
+            self._check_fidelity(options, self.fidelity)
         self.ray = ray_options(cfg)
         self.evaluator: Evaluator = make_evaluator(
             cfg.evaluator,
@@ -99,6 +103,23 @@ class Search:
             if name not in self.evaluator.metrics or name.startswith("test_"):
                 valid = ", ".join(m for m in self.evaluator.metrics if not m.startswith("test_"))
                 raise UserInputError(f"unknown objective {name!r} for evaluator {cfg.evaluator!r}; valid: {valid}")
+
+    def _check_fidelity(self, options: dict[str, Any], fidelity: Fidelity) -> None:
+        """Rungs need an evaluator that trains image networks by epochs; the top rung is the epoch budget."""
+        cfg = self.cfg
+        trains = cfg.evaluator in ("train", "predictor+train") or (
+            cfg.evaluator == "screened" and options.get("expensive", "train") == "train"
+        )
+        if not trains:
+            raise UserInputError(
+                f"rungs need the train evaluator (or screened/predictor+train in front of it), not {cfg.evaluator!r}"
+            )
+        if getattr(self.space, "modality", "image") == "text":
+            raise UserInputError(f"rungs: multi-fidelity training is for image spaces, not the text space {cfg.space}")
+        epochs = options.get("epochs")
+        if epochs is not None and int(epochs) != fidelity.top:
+            raise UserInputError(f"epochs={epochs} and rungs ending at {fidelity.top}: the top rung is the epochs")
+        options["epochs"] = fidelity.top
 
     def _check_resume(self) -> None:
         saved = self.run_dir / "config.yaml"
@@ -184,13 +205,72 @@ class Search:
             try:
                 if self._surplus(study, trial):
                     continue
-                outcome = evaluate_outcome(self.evaluator, arch, trial.user_attrs["seed"], cfg.trial_timeout)
-                frozen = self._tell(study, trial, outcome)
+                if self.fidelity is not None:
+                    frozen = self._climb(study, trial, arch, self.fidelity)
+                else:
+                    outcome = evaluate_outcome(self.evaluator, arch, trial.user_attrs["seed"], cfg.trial_timeout)
+                    frozen = self._tell(study, trial, outcome)
             finally:
                 beats.remove(trial)
             write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
             if on_trial is not None:
                 on_trial(frozen, count_finished(study), cfg.trials)
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where multi-fidelity candidates keep their trainer state between rungs (``models/ckpt``)."""
+        return self.run_dir / "models" / "ckpt"
+
+    def _rung_job(self, trial: optuna.Trial, index: int, fidelity: Fidelity) -> RungJob:
+        """Rung ``index`` of ``trial``, recorded as its ``target_rung`` (a redo continues towards it). The checkpoint
+        is named by architecture and seed, which a redo keeps."""
+        trial.set_user_attr("target_rung", index)
+        first = not rung_records(trial)
+        return RungJob(budget=fidelity.budget(index), top=fidelity.top, first=first, name=self._ckpt_name(trial))
+
+    @staticmethod
+    def _ckpt_name(trial: optuna.Trial) -> str:
+        return f"{arch_digest(trial.user_attrs['arch'])}-{trial.user_attrs['seed']}.ckpt"
+
+    def _climb(self, study: optuna.Study, trial: optuna.Trial, arch: Any, fidelity: Fidelity) -> FrozenTrial:
+        """The local loop's multi-fidelity trial: rung after rung while it is promoted."""
+        index = int(trial.user_attrs.get("target_rung", 0))
+        while True:
+            job = self._rung_job(trial, index, fidelity)
+            seed = trial.user_attrs["seed"]
+            outcome = evaluate_outcome(self.evaluator, arch, seed, self.cfg.trial_timeout, job, self.checkpoints)
+            frozen = self._after_rung(study, trial, index, outcome, fidelity)
+            if frozen is not None:
+                return frozen
+            index += 1
+
+    def _after_rung(
+        self, study: optuna.Study, trial: optuna.Trial, index: int, outcome: Outcome, fidelity: Fidelity
+    ) -> FrozenTrial | None:
+        """Record rung ``index``'s figures and decide: None when the trial is promoted to the next rung, else the
+        finished trial (completed at the top rung, pruned when stopped, or failed/screened by its evaluation)."""
+        budget = fidelity.budget(index)
+        name = self._ckpt_name(trial)
+        if outcome.status != "complete":
+            (self.checkpoints / name).unlink(missing_ok=True)
+            return self._tell(study, trial, outcome)
+        records = rung_records(trial)
+        previous = records.get(str(fidelity.budget(index - 1)), {}) if index > 0 else {}
+        metrics = {**previous, **outcome.metrics, "rung_cpu_seconds": outcome.cpu_seconds}
+        records[str(budget)] = metrics
+        with heartbeat_quiet():
+            trial.set_user_attr("rungs", records)
+        if index == len(fidelity.rungs) - 1:
+            (self.checkpoints / name).unlink(missing_ok=True)
+            return self._tell(study, trial, Outcome("complete", metrics, worker=outcome.worker))
+        promoted, why = decide(study, trial.number, metrics, budget, self.objectives, fidelity)
+        log.info("trial %d %s", trial.number, why)
+        with heartbeat_quiet():
+            trial.set_user_attr("promotions", [*trial.user_attrs.get("promotions", []), why])
+        if promoted:
+            return None
+        (self.checkpoints / name).unlink(missing_ok=True)
+        return self._tell(study, trial, Outcome("stopped", metrics, reason=why, worker=outcome.worker))
 
     def _surplus(self, study: optuna.Study, trial: optuna.Trial) -> bool:
         """Whether the budget is already covered by trials asked before ``trial`` (by any driver): finished ones,
@@ -237,17 +317,36 @@ class Search:
             atomic_write(self.run_dir / "ray.json", json.dumps(backend.describe(), indent=2) + "\n")
             if on_trial is not None:
                 on_trial(None, count_finished(study), cfg.trials)
-            in_flight: dict[Any, tuple[optuna.Trial, int, float]] = {}  # task -> (trial, submissions, started)
+            # task -> (trial, submissions, started, rung index: multi-fidelity only)
+            in_flight: dict[Any, tuple[optuna.Trial, int, float, int]] = {}
+            fidelity = self.fidelity
 
-            def submit(trial: optuna.Trial, submissions: int) -> None:
+            def submit(trial: optuna.Trial, submissions: int, index: int = 0) -> None:
+                job, checkpoint = None, None
+                if fidelity is not None:  # the rung's checkpoint travels with the task: any worker may continue
+                    job = self._rung_job(trial, index, fidelity)
+                    path = self.checkpoints / job.name
+                    checkpoint = path.read_bytes() if path.is_file() else None
                 ref = backend.submit(
-                    trial.user_attrs["arch"], trial.user_attrs["seed"], self._history(study), cfg.trial_timeout
-                )
-                in_flight[ref] = (trial, submissions + 1, time.monotonic())
+                    trial.user_attrs["arch"], trial.user_attrs["seed"], self._history(study), cfg.trial_timeout,
+                    job, checkpoint,
+                )  # fmt: skip
+                in_flight[ref] = (trial, submissions + 1, time.monotonic(), index)
 
-            def finish(trial: optuna.Trial, outcome: Outcome) -> None:
+            def finish(trial: optuna.Trial, outcome: Outcome, index: int = 0) -> None:
+                if fidelity is not None:
+                    if outcome.checkpoint is not None:
+                        atomic_write(self.checkpoints / self._ckpt_name(trial), outcome.checkpoint)
+                        outcome.checkpoint = None
+                    done = self._after_rung(study, trial, index, outcome, fidelity)
+                    if done is None:  # promoted: its next rung goes to whichever worker is free
+                        submit(trial, 0, index + 1)
+                        write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
+                        return
+                    frozen = done
+                else:
+                    frozen = self._tell(study, trial, outcome)
                 beats.remove(trial)
-                frozen = self._tell(study, trial, outcome)
                 write_trials_csv(study, self.run_dir / "trials.csv", self.objectives)
                 if on_trial is not None:
                     on_trial(frozen, count_finished(study), cfg.trials)
@@ -261,7 +360,7 @@ class Search:
                     if self._surplus(study, trial):
                         beats.remove(trial)
                         break
-                    submit(trial, 0)
+                    submit(trial, 0, int(trial.user_attrs.get("target_rung", 0)))
                     running += 1
                 if not in_flight:
                     if done >= cfg.trials or not open_for_more:
@@ -271,32 +370,32 @@ class Search:
                 wait = None
                 backstop = None if cfg.trial_timeout is None else backstop_s(cfg.trial_timeout)
                 if backstop is not None:
-                    first = min(started for _, _, started in in_flight.values())
+                    first = min(started for _, _, started, _ in in_flight.values())
                     wait = max(0.0, first + backstop - time.monotonic())
                 ref = backend.next_ready(list(in_flight), timeout=wait)
                 if ref is None:  # a task neither finished nor stopped itself long after its limit: stop it here
                     assert backstop is not None
                     now = time.monotonic()
-                    for late in [r for r, (_, _, t0) in in_flight.items() if now - t0 >= backstop]:
-                        trial, _, _ = in_flight.pop(late)
+                    for late in [r for r, (_, _, t0, _) in in_flight.items() if now - t0 >= backstop]:
+                        trial, _, _, _ = in_flight.pop(late)
                         backend.cancel(late)
                         reason = (
                             f"timed out after {cfg.trial_timeout:g} s (trial_timeout; cancelled after {backstop:g} s)"
                         )
                         finish(trial, Outcome("failed", reason=reason))
                     continue
-                trial, submissions, _ = in_flight.pop(ref)
+                trial, submissions, _, index = in_flight.pop(ref)
                 try:
                     outcome = backend.result(ref)
                 except WorkerLost as exc:
                     if submissions <= RESUBMITS:
                         log.warning("trial %d: %s; submitting it again", trial.number, exc)
                         trial.set_user_attr("resubmitted", submissions)
-                        submit(trial, submissions)
+                        submit(trial, submissions, index)
                         continue
                     outcome = Outcome("failed", reason=f"worker lost ({submissions} submissions): {exc}")
                 self._keep_files(outcome)
-                finish(trial, outcome)
+                finish(trial, outcome, index)
             atomic_write(self.run_dir / "ray.json", json.dumps(backend.describe(), indent=2) + "\n")
 
     def _keep_files(self, outcome: Outcome) -> None:
@@ -340,6 +439,10 @@ class Search:
                     trial.set_user_attr("traceback", outcome.traceback)
                 trial.set_user_attr("fail_reason", outcome.reason)
                 return study.tell(trial, state=TrialState.FAIL)
+            if outcome.status == "stopped":  # multi-fidelity: not promoted past a lower rung
+                trial.set_user_attr("stopped", outcome.reason)
+                trial.set_user_attr("metrics", outcome.metrics)
+                return study.tell(trial, state=TrialState.PRUNED)
             if outcome.status == "screened":
                 trial.set_user_attr("screened", outcome.reason)
                 trial.set_user_attr("metrics", outcome.metrics)
