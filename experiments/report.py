@@ -23,6 +23,7 @@ ORDER = (
     "pareto-quality-tuning-nb201",
     "quickstart-throughput",
     "final-train",
+    "multi-fidelity",
     "ray",
     "chaos",
     # the NB201 builder and training loop against the table
