@@ -7,7 +7,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export NAS_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/cifar-10-batches-py),$(SHARED_DATA),)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup search test lint bench clean
+.PHONY: setup search test lint bench clean system-deps
 
 setup: $(VENV)/.installed
 
@@ -34,8 +34,13 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/python -m experiments.report --check
 
-test: lint
-	$(BIN)/pytest -q --durations=15
+# PostgreSQL and Chromium for the real-service tests: installed when missing and this machine allows it; otherwise
+# the script names the tests that will skip and the command that brings them in (pytest's -rs lists every skip).
+system-deps:
+	@bash tests/system-deps.sh
+
+test: lint system-deps
+	$(BIN)/pytest -q -rs --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

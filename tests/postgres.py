@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL server for tests: Debian's ``postgresql`` binaries, a temp data directory, a loopback
-port, stopped afterwards. Skips (with the reason) where PostgreSQL is not installed."""
+port, password authentication (scram-sha-256, as a real server has it), stopped afterwards. Skips (with the reason)
+where PostgreSQL is not installed. URLs are the plain ``postgresql://`` form users write (the psycopg 3 driver)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _binary(name: str) -> str | None:
@@ -29,10 +31,13 @@ def missing_reason() -> str | None:
     if os.geteuid() == 0 and not shutil.which("runuser"):
         return "running as root without runuser: PostgreSQL refuses to run as root"
     try:
-        import psycopg2  # noqa: F401
+        import psycopg  # noqa: F401
     except ImportError:
-        return "psycopg2 is not installed"
+        return "psycopg (3) is not installed: pip install 'psycopg[binary]'"
     return None
+
+
+PASSWORD = "s3cret-pw"
 
 
 def _free_port() -> int:
@@ -41,35 +46,57 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Server:
+    """A running test server: its admin URL, and stop/start to take it away and bring it back on the same port."""
+
+    def __init__(self, url: str, ctl: list[str], options: str, run: dict[str, Any]) -> None:
+        self.url, self._ctl, self._options, self._run = url, ctl, options, run
+
+    def stop(self) -> None:
+        subprocess.run([*self._ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        subprocess.run([*self._ctl, "-o", self._options, "start"], **self._run)
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a server; yield its admin URL (database ``postgres``, user ``nas``, trust auth on loopback)."""
+def postgres_control() -> Iterator[Server]:
+    """Start a server (database ``postgres``, user ``nas`` with `PASSWORD`, on loopback); stop it afterwards."""
     root = Path(tempfile.mkdtemp(prefix="nas-pg-"))  # /tmp itself: the postgres user must reach it
     prefix: list[str] = []
     if os.geteuid() == 0:  # initdb and postgres refuse root: run them as Debian's postgres user
         prefix = ["runuser", "-u", "postgres", "--"]
         shutil.chown(root, "postgres", "postgres")
     data, port = root / "data", _free_port()
-    run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
-    subprocess.run([*prefix, _binary("initdb"), "-D", str(data), "-A", "trust", "-U", "nas", "--no-sync"], **run)
+    pwfile = root / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    if prefix:
+        shutil.chown(pwfile, "postgres", "postgres")
+    run: dict[str, Any] = {"check": True, "capture_output": True, "text": True, "timeout": 120}
+    init = [_binary("initdb"), "-D", str(data), "-A", "scram-sha-256", f"--pwfile={pwfile}", "-U", "nas", "--no-sync"]
+    subprocess.run([*prefix, *init], **run)
     options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
     ctl = [*prefix, _binary("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w"]
-    subprocess.run([*ctl, "-o", options, "start"], **run)
+    server = Server(f"postgresql://nas:{PASSWORD}@127.0.0.1:{port}/postgres", ctl, options, run)
+    server.start()
     try:
-        yield f"postgresql+psycopg2://nas@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Start a server; yield its admin URL."""
+    with postgres_control() as server:
+        yield server.url
 
 
 def create_database(admin_url: str, name: str) -> str:
     """A new empty database on the server; its URL."""
-    import psycopg2
+    import psycopg
 
-    dsn = admin_url.replace("postgresql+psycopg2://", "postgresql://")
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
     return admin_url.rsplit("/", 1)[0] + f"/{name}"

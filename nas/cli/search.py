@@ -40,7 +40,14 @@ def search(
     sampler: Annotated[str | None, typer.Option(help="tpe (default), nsga2, random or coarse2fine.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory; an existing one is resumed.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume --run-dir, or the latest run of the space.")] = False,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: journal in run dir).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL, e.g. postgresql://user@host/db [default: journal in run dir]."),
+    ] = None,
+    storage_patience: Annotated[
+        float | None,
+        typer.Option(help="Seconds to retry a storage that drops mid-search before failing [default: 60]."),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any of these settings.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
     epochs: Annotated[int | None, typer.Option(help="train: epochs per candidate.")] = None,
@@ -101,6 +108,7 @@ def search(
         "seed": seed,
         "sampler": sampler,
         "storage": storage,
+        "storage_patience": storage_patience,
         "run_dir": str(run_dir) if run_dir else None,
         "data_dir": str(data_dir) if data_dir else None,
         "timeout": timeout,

@@ -40,6 +40,7 @@ class SearchConfig:
     storage: str | None = None
     data_dir: str | None = None
     timeout: float | None = None  # seconds: no new trial starts after this (wall clock of this invocation)
+    storage_patience: float = 60.0  # seconds a search retries a storage that dropped mid-search, then fails
     heartbeat: float = 10.0  # seconds between heartbeats of a running trial; silent for 6 beats: owner gone
     trial_timeout: float | None = None  # seconds of evaluation after which a trial stops and fails with that reason
     space_options: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +77,8 @@ class SearchConfig:
             from nas.search.fidelity import parse_rungs
 
             self.rungs = list(parse_rungs(self.rungs)) or None
+        if not float(self.storage_patience) >= 0:
+            raise UserInputError(f"storage_patience={self.storage_patience} must be >= 0 seconds")
         if not float(self.heartbeat) > 0:
             raise UserInputError(f"heartbeat={self.heartbeat} must be > 0 seconds")
         if self.trial_timeout is not None and not float(self.trial_timeout) > 0:

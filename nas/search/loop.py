@@ -28,7 +28,7 @@ from nas.search.pareto import ParetoMember, pareto_front, plot_pareto, write_par
 from nas.search.recovery import Heartbeats, count_finished, counts, heartbeat_quiet, recover_interrupted
 from nas.search.run_dir import default_run_dir, write_env
 from nas.search.samplers import make_sampler
-from nas.search.storage import GRACE_BEATS, STUDY_NAME, make_storage
+from nas.search.storage import GRACE_BEATS, STUDY_NAME, describe_driver, make_storage, open_rdb
 from nas.search.trials_csv import write_trials_csv
 from nas_ground.atomic import atomic_write
 from nas_ground.errors import UserInputError
@@ -91,6 +91,8 @@ class Search:
         if self.fidelity is not None:
             self._check_fidelity(options, self.fidelity)
         self.ray = ray_options(cfg)
+        # A storage URL is opened (and so checked: reachable, writable) before anything is written or trained.
+        self.rdb = None if cfg.storage is None else open_rdb(cfg.storage, cfg.heartbeat, cfg.storage_patience)
         self.evaluator: Evaluator = make_evaluator(
             cfg.evaluator,
             self.space,
@@ -140,11 +142,12 @@ class Search:
         evaluation), counting those of every driver on the study, then write the outputs."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
-        write_env(self.run_dir)
         cfg = self.cfg
+        storage = self.rdb or make_storage(None, self.run_dir, cfg.heartbeat)
+        write_env(self.run_dir, storage=describe_driver(storage))
         study = optuna.create_study(
             study_name=STUDY_NAME,
-            storage=make_storage(cfg.storage, self.run_dir, cfg.heartbeat),
+            storage=storage,
             sampler=make_sampler(cfg.sampler, cfg.seed, cfg.trials, cfg.sampler_options, parallel=self.parallel),
             directions=["maximize" if d == "max" else "minimize" for _, d in self.objectives],
             load_if_exists=True,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -24,7 +25,8 @@ def latest_run_dir(space: str, root: Path = Path("runs")) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def write_env(run_dir: Path) -> None:
+def write_env(run_dir: Path, storage: dict[str, Any] | None = None) -> None:
+    """``env.json``: versions, device, commit, and the storage's dialect and driver when it is a database."""
     import onnx
     import torch
 
@@ -49,6 +51,7 @@ def write_env(run_dir: Path) -> None:
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         "git_commit": commit or None,
+        "storage": storage or {"url": None, "dialect": "journal", "driver": None, "driver_version": None},
         "written": datetime.now().isoformat(timespec="seconds"),
     }
     atomic_write(run_dir / "env.json", json.dumps(env, indent=2) + "\n")
