@@ -24,6 +24,7 @@ ORDER = (
     "quickstart-throughput",
     "final-train",
     "multi-fidelity",
+    "multi-fidelity-gentle",
     "ray",
     "chaos",
     # the NB201 builder and training loop against the table
