@@ -9,6 +9,11 @@ duplicated (counted twice: a trial and its redo, or more counted than requested)
 ``fuzz``: malformed inputs of each kind given to the command that reads them, in this process; each ends as
 ``exit 2 + one line`` (the only acceptable answer), ``accepted`` (the mutation happened to be valid: exit 0), or
 ``other`` (any other exit, a traceback, or an output file left behind by a failed command).
+
+``crafted``: the hostile ONNX files of `nas.hostile_onnx` (external data outside the folder, tensors of 10^12
+elements, deep nesting, cycles, custom domains, opset 99, an endless Loop), each given to ``nas describe`` and
+``nas predict`` in a child process limited to 2 GiB of address space: the answer, its seconds and the child's
+peak RSS.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import io
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -228,6 +234,82 @@ def fuzz(root: Path, per_kind: int, rng: random.Random) -> dict[str, dict[str, A
     return results
 
 
+CRAFTED_MEMORY = 2 * 2**30
+
+
+def _limited_child() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CRAFTED_MEMORY, CRAFTED_MEMORY))
+
+
+def run_limited(args: list[str], timeout: float = 120) -> tuple[int | None, str, str, float, float]:
+    """``nas ARGS`` in a child limited to `CRAFTED_MEMORY` of address space: exit code (None: killed at
+    ``timeout``), stdout, stderr, seconds, the child's own peak RSS in MiB (from `os.wait4`)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nas", *args], cwd=REPO, stdout=out, stderr=err, preexec_fn=_limited_child
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        timer.cancel()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - start
+        out.seek(0)
+        err.seek(0)
+        return (None if code == -signal.SIGKILL else code), out.read(), err.read(), seconds, usage.ru_maxrss / 1024
+
+
+def crafted(root: Path) -> list[dict[str, Any]]:
+    """One row per crafted hostile file (`nas.hostile_onnx`) and command (describe, predict)."""
+    from nas.hostile_onnx import CASES
+
+    rows = []
+    for i, case in enumerate(CASES):
+        path = case.build(root / f"crafted{i}")
+        for command in ("describe", "predict"):
+            code, out, err, seconds, peak = run_limited([command, str(path)])
+            lines = [line for line in err.strip().splitlines() if line.strip()]
+            if code is None:
+                outcome = "other (killed after 120 s)"
+            elif code == 2 and len(lines) == 1 and "Traceback" not in err:
+                outcome = "exit 2, one line"
+            elif code == 0 and command == "describe":
+                outcome = "description" + (" with ?" if "?" in out else "")
+            elif code == 0:
+                outcome = "scored" + (" (activation features missing)" if "activation features failed" in err else "")
+            else:
+                outcome = f"other (exit {code})"
+            designed = outcome == "exit 2, one line" if case.refused else outcome.startswith(("description", "scored"))
+            rows.append(
+                {
+                    "case": case.name,
+                    "command": f"nas {command}",
+                    "outcome": outcome,
+                    "as_designed": designed,
+                    "seconds": round(seconds, 1),
+                    "peak_rss_mib": round(peak),
+                    "message": lines[-1][:200] if lines and code != 0 else "",
+                }
+            )
+    return rows
+
+
+def crafted_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "Crafted hostile ONNX files (`nas.hostile_onnx`), each command in a child process limited to 2 GiB of address "
+        "space (RLIMIT_AS); peak RSS of the child from `os.wait4`:\n",
+        "| case | command | outcome | as designed | seconds | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        designed = "yes" if r["as_designed"] else "**no**"
+        lines.append(
+            f"| {r['case']} | `{r['command']}` | {r['outcome']} | {designed} | {r['seconds']} | {r['peak_rss_mib']} |"
+        )
+    return lines
+
+
 @app.command(help=__doc__)
 def main(
     kills: Annotated[int, typer.Option(help="SIGKILLs per scenario.")] = 10,
@@ -245,6 +327,8 @@ def main(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         fuzzed = fuzz(root, per_kind, rng)
         print("fuzz", fuzzed, flush=True)
+        hostile = crafted(root)
+        print("crafted", hostile, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     lines = [
@@ -271,11 +355,12 @@ def main(
         lines += ["", "First unacceptable answer of each kind:"] + [
             f"- {k}: `{v.splitlines()[-1][:200]}`" for k, v in others.items()
         ]
+    lines += ["", *crafted_table(hostile)]
     record(
         "chaos",
         "Crashes and malformed inputs",
         "\n".join(lines),
-        {"driver": driver, "workers": workers, "fuzz": fuzzed},
+        {"driver": driver, "workers": workers, "fuzz": fuzzed, "crafted": hostile},
     )
 
 

@@ -29,6 +29,8 @@ from functools import lru_cache
 import numpy as np
 import onnx
 
+from onnx_bench.guard import OnnxInputError, check_probe_input, probe_deadline, probe_session, run_bounded
+
 log = logging.getLogger(__name__)
 
 ACT_FEATURES = ("act_vpca", "act_vpca90", "act_vpca999", "act_rank_share", "act_sites", "act_missing")
@@ -144,13 +146,9 @@ def _as_features(a: np.ndarray) -> np.ndarray:
 
 
 def _run(model: onnx.ModelProto, wanted: list[str], name: str, x: np.ndarray) -> list[np.ndarray]:
-    """Run with the probe batch in one call (batch dimension made dynamic); per image when that fails."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the exposed tensors
-    options.log_severity_level = 3
+    """Run with the probe batch in one call (batch dimension made dynamic); per image when that fails. Sessions
+    are bounded in memory and time (`onnx_bench.guard.probe_session`, `run_bounded`)."""
+    deadline = probe_deadline()
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     del exposed.graph.value_info[:]
@@ -161,14 +159,15 @@ def _run(model: onnx.ModelProto, wanted: list[str], name: str, x: np.ndarray) ->
         if value.name == name:
             value.type.tensor_type.shape.dim[0].dim_param = "probe_batch"
     try:
-        session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return list(session.run(wanted, {name: x}))
+        return run_bounded(probe_session(exposed, threads=1), wanted, {name: x}, deadline)
+    except OnnxInputError:  # out of time, or external data: per image would not help
+        raise
     except Exception:  # a graph that bakes its batch size in (Reshape to [1, ...]): one image at a time
         for value in exposed.graph.input:
             if value.name == name:
                 value.type.tensor_type.shape.dim[0].dim_value = 1
-        session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        runs = [session.run(wanted, {name: x[i : i + 1]}) for i in range(len(x))]
+        session = probe_session(exposed, threads=1)
+        runs = [run_bounded(session, wanted, {name: x[i : i + 1]}, deadline) for i in range(len(x))]
         return [np.concatenate([r[j] for r in runs], axis=0) for j in range(len(wanted))]
 
 
@@ -182,6 +181,7 @@ def activation_summary(model: onnx.ModelProto) -> dict[str, float]:
     if not sites:
         return missing()
     try:
+        check_probe_input(name, (len(probe_images()), channels, height, width))
         x = probe_batch(channels, height, width).astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
         acts = _run(model, sites, name, x)
         ks, shares = [], []

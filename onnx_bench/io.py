@@ -1,4 +1,5 @@
-"""Reading ONNX a user brings: clear one-line errors for files that are not (valid) ONNX, and shapes inferred."""
+"""Reading ONNX a user brings: clear one-line errors for files that are not (valid) ONNX or exceed the limits of
+`onnx_bench.guard`, and shapes inferred."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from search_spaces.base import UserInputError
+from onnx_bench.guard import OnnxInputError, check_file, check_inferred, check_model, uses_external_data
+
+__all__ = ["OnnxInputError", "infer_shapes", "load_onnx"]
 
 log = logging.getLogger(__name__)
-
-
-class OnnxInputError(UserInputError):
-    """A file that is not ONNX, is truncated or corrupt, or fails the ONNX checker."""
 
 
 def load_onnx(source: str | Path | bytes, *, check: bool = True) -> onnx.ModelProto:
     """Parse an ONNX model from a path or bytes; with ``check``, run `onnx.checker` on it.
 
-    External-data files are not followed (a description only needs shapes and initializer dims).
+    The limits of `onnx_bench.guard` are checked first (file size, operators, subgraph nesting, declared and
+    inferred tensor sizes, where external data lives). External-data files are not read (a description only needs
+    shapes and initializer dims); a reference to one must name a regular file inside the model's folder.
     """
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    folder = None if isinstance(source, bytes) else Path(source).parent
+    if not isinstance(source, bytes):
+        check_file(Path(source))
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as exc:
@@ -32,12 +36,18 @@ def load_onnx(source: str | Path | bytes, *, check: bool = True) -> onnx.ModelPr
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
+        if "MaxDepth" in str(exc):
+            raise OnnxInputError(f"{name} nests messages deeper than the protobuf parser allows") from exc
         raise OnnxInputError(f"{name} is not a valid ONNX model (truncated or corrupt protobuf)") from exc
     if not model.graph.node and not model.graph.input and not model.graph.output:
         raise OnnxInputError(f"{name} is not an ONNX model: it holds no graph")
+    check_model(model, name, folder)
+    check_inferred(model, name)
     if check:
+        # The checker stats external data files against the folder of a path it is given (else the working directory)
+        checked = str(source) if folder is not None and uses_external_data(model) else model
         try:
-            onnx.checker.check_model(model)
+            onnx.checker.check_model(checked)
         except onnx.checker.ValidationError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OnnxInputError(f"{name} fails the ONNX checker: {first}") from exc

@@ -437,6 +437,8 @@ def _collapse(values: Sequence[Any]) -> str:
 
 def _small_tensor(tensor: onnx.TensorProto) -> str:
     """A one-element tensor's value, else ``<tensor>``."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:  # its file is never opened for a description
+        return "<tensor>"
     try:
         array = onnx.numpy_helper.to_array(tensor)
         return f"{array.reshape(-1)[0].item():.4g}" if array.size == 1 else "<tensor>"

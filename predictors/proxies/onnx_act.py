@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from onnx_bench.activations import find_sites
+from onnx_bench.guard import OnnxInputError, check_probe_input, probe_deadline, probe_session, run_bounded
 from predictors.proxies import ACTIVATION_PROXIES, ProxyConfig, ProxyError
 from predictors.proxies.activations import as_samples, code_kernel
 from predictors.proxies.naswot import logdet_score
@@ -58,6 +59,7 @@ def _feeds(
         if any(d is None for d in rest):
             raise ProxyError(f"ONNX input {value.name!r} has a dynamic non-batch dimension {dims}")
         shape = [int(d) for d in rest]  # type: ignore[arg-type]
+        check_probe_input(value.name, (n, *shape))
         if elem in _FLOAT_TYPES and len(shape) == 3 and shape[0] == 3:
             from predictors.proxies.data import image_batch
 
@@ -95,8 +97,6 @@ def onnx_proxies(
     data_dir: str | Path | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """``{proxy: value}`` for activation proxies of an ONNX model, and notes on the inputs used."""
-    import onnxruntime as ort
-
     from onnx_bench.io import infer_shapes, load_onnx
 
     config = config or ProxyConfig()
@@ -116,12 +116,16 @@ def onnx_proxies(
     for name in wanted:
         if name not in have:
             exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, torch.get_num_threads())
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the exposed tensors
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feeds, notes = _feeds(model, config, data_dir)
-    runs = [session.run(wanted, feed) for feed in feeds]
+    deadline = probe_deadline()
+    try:
+        session = probe_session(exposed, threads=max(1, torch.get_num_threads()))
+        runs = [run_bounded(session, wanted, feed, deadline) for feed in feeds]
+    except OnnxInputError:
+        raise
+    except Exception as exc:  # onnxruntime's errors (Fail, InvalidGraph, ...) derive from Exception only
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProxyError(f"onnxruntime cannot run the model: {first}") from exc
     acts = {name: np.concatenate([r[i] for r in runs], axis=0) for i, name in enumerate(wanted)}
     out: dict[str, float] = {}
     if "naswot" in names:
