@@ -241,23 +241,41 @@ def _limited_child() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CRAFTED_MEMORY, CRAFTED_MEMORY))
 
 
-def run_limited(args: list[str], timeout: float = 120) -> tuple[int | None, str, str, float, float]:
+# `python -m nas ARGS` that writes its own peak RSS (VmHWM, kB) to $NAS_CHAOS_HWM at exit. VmHWM starts afresh at
+# exec; `os.wait4`'s ru_maxrss would also count the pages the child shared with this process before exec.
+HWM_WRAPPER = (
+    "import atexit, os, runpy, sys\n"
+    "def _hwm():\n"
+    "    with open('/proc/self/status') as f:\n"
+    "        kb = next(line.split()[1] for line in f if line.startswith('VmHWM'))\n"
+    "    with open(os.environ['NAS_CHAOS_HWM'], 'w') as f:\n"
+    "        f.write(kb)\n"
+    "atexit.register(_hwm)\n"
+    "sys.argv = ['nas', *sys.argv[1:]]\n"
+    "runpy.run_module('nas', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def run_limited(args: list[str], timeout: float = 120) -> tuple[int | None, str, str, float, float | None]:
     """``nas ARGS`` in a child limited to `CRAFTED_MEMORY` of address space: exit code (None: killed at
-    ``timeout``), stdout, stderr, seconds, the child's own peak RSS in MiB (from `os.wait4`)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    ``timeout``), stdout, stderr, seconds, the child's own peak RSS in MiB (its VmHWM at exit; None if it was
+    killed before it could say)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, tempfile.TemporaryDirectory() as d:
+        hwm = Path(d) / "hwm"
         start = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nas", *args], cwd=REPO, stdout=out, stderr=err, preexec_fn=_limited_child
-        )
+            [sys.executable, "-c", HWM_WRAPPER, *args], cwd=REPO, stdout=out, stderr=err,
+            preexec_fn=_limited_child, env={**os.environ, "NAS_CHAOS_HWM": str(hwm)},
+        )  # fmt: skip
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = proc.wait()
         timer.cancel()
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - start
         out.seek(0)
         err.seek(0)
-        return (None if code == -signal.SIGKILL else code), out.read(), err.read(), seconds, usage.ru_maxrss / 1024
+        peak = int(hwm.read_text()) / 1024 if hwm.is_file() and hwm.read_text().strip() else None
+        return (None if code == -signal.SIGKILL else code), out.read(), err.read(), seconds, peak
 
 
 def crafted(root: Path) -> list[dict[str, Any]]:
@@ -288,7 +306,7 @@ def crafted(root: Path) -> list[dict[str, Any]]:
                     "outcome": outcome,
                     "as_designed": designed,
                     "seconds": round(seconds, 1),
-                    "peak_rss_mib": round(peak),
+                    "peak_rss_mib": None if peak is None else round(peak),
                     "message": lines[-1][:200] if lines and code != 0 else "",
                 }
             )
@@ -298,15 +316,14 @@ def crafted(root: Path) -> list[dict[str, Any]]:
 def crafted_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "Crafted hostile ONNX files (`nas.hostile_onnx`), each command in a child process limited to 2 GiB of address "
-        "space (RLIMIT_AS); peak RSS of the child from `os.wait4`:\n",
+        "space (RLIMIT_AS); peak RSS: the child's own high-water mark (VmHWM) at exit:\n",
         "| case | command | outcome | as designed | seconds | peak RSS (MiB) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         designed = "yes" if r["as_designed"] else "**no**"
-        lines.append(
-            f"| {r['case']} | `{r['command']}` | {r['outcome']} | {designed} | {r['seconds']} | {r['peak_rss_mib']} |"
-        )
+        peak = "?" if r["peak_rss_mib"] is None else r["peak_rss_mib"]
+        lines.append(f"| {r['case']} | `{r['command']}` | {r['outcome']} | {designed} | {r['seconds']} | {peak} |")
     return lines
 
 
