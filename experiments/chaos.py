@@ -186,6 +186,11 @@ def fuzz(root: Path, per_kind: int, rng: random.Random) -> dict[str, dict[str, A
     (root / "good.onnx").write_bytes(good_onnx)
     predictor = (REPO / "predictors" / "default_predictor.safetensors").read_bytes()
     shard = next((REPO / "runs" / "bench-nasnet").glob("*.parquet"), None)
+    if shard is None:  # no bench of earlier runs here: build a small one (20 NB201 cells of the table) to mutate
+        code, err = run_cli("bench", "build", "--space", "nb201", "--out", str(root / "bench-src"), "--limit", "20")
+        shard = next((root / "bench-src").glob("*.parquet"), None)
+        if shard is None:
+            raise RuntimeError(f"could not build a bench shard to fuzz (exit {code}): {err.strip()[-300:]}")
     good_config = b"space: nb201\nevaluator: table\ntrials: 1\nsampler: random\nobjectives: accuracy:max,params:min\n"
     results: dict[str, dict[str, Any]] = {}
     examples: dict[str, str] = {}
