@@ -139,8 +139,7 @@ def completed(url: str) -> int:
 
 def start_and_drop(server: postgres.Server, args: list[str], url: str, after: int) -> subprocess.Popen[str]:
     """Start the search; stop the server once ``after`` trials completed."""
-    env = {**os.environ, "NAS_DATA_DIR": os.environ.get("NAS_DATA_DIR", "")}
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None, proc.communicate()[1]

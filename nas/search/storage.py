@@ -157,7 +157,7 @@ for _name in RETRIED:
         setattr(ResilientRDBStorage, _name, _retrying(_name, getattr(optuna.storages.RDBStorage, _name)))
 
 
-def _driver_error(url: str, backend: str, driver: str, exc: ImportError) -> UserInputError:
+def _driver_error(url: str, backend: str, driver: str) -> UserInputError:
     package = DRIVER_PACKAGES.get(driver, driver)
     hint = f"pip install '{package}'"
     if backend == "mysql" and driver == "mysqldb":
@@ -201,8 +201,8 @@ def open_rdb(url: str, heartbeat: float = 10.0, patience: float = PATIENCE_S) ->
             f"storage {shown}: unknown database kind {parsed.drivername!r}{hint}; "
             "e.g. postgresql://, mysql+pymysql://, sqlite:///"
         ) from None
-    except ImportError as exc:
-        raise _driver_error(url, backend, driver or parsed.get_driver_name(), exc) from None
+    except ImportError:
+        raise _driver_error(url, backend, driver or parsed.get_driver_name()) from None
     if dialect.is_async:
         raise UserInputError(f"storage {shown}: {driver} is an asyncio driver, Optuna needs a synchronous one (e.g. "
                              f"{backend}://)")  # fmt: skip
