@@ -50,6 +50,8 @@ ORDER = (
     "supernet-search-nbmacro",
     # the zero-shot predictor
     "predictor-nb201",
+    "label-darts",
+    "label-nasnet",
     "predictor-families",
     "default-predictor",
     "predictor-nasnet",

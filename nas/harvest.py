@@ -43,6 +43,7 @@ def harvest_jobs(run_dir: str | Path) -> list[Job]:
                     dict(config.get("space_options") or {}),
                     str(weights) if weights.exists() else None,
                     int(options.get("seed", 0)),
+                    dataset=str(config.get("dataset") or "cifar10"),
                 )
             )
     return jobs

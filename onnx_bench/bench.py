@@ -40,6 +40,8 @@ class Job:
     weights: str | None = None  # a state_dict file with trained weights
     seed: int = 0
     identity: str = ""  # the architecture's identity (equal networks share it); default: the encoded architecture
+    dataset: str = "cifar10"  # the data set its metrics were measured on (a family is a space on a data set)
+    input_side: int = 0  # square input images of this side (0: the space's own input shape)
 
 
 def make_record(job: Job) -> dict[str, Any]:
@@ -51,10 +53,9 @@ def make_record(job: Job) -> dict[str, Any]:
     from onnx_bench.graph import summarize, wl_counts
     from onnx_bench.io import load_onnx
     from onnx_bench.text import describe, token_count
-    from search_spaces import get_space
 
     torch.set_num_threads(1)
-    space = get_space(job.space, **job.space_options)
+    space = _space(job.space, job.space_options, job.input_side)
     arch = space.decode(job.arch)
     state = torch.load(job.weights, weights_only=True) if job.weights else None
     exported = export_architecture(space, arch, seed=job.seed, build_options=job.build_options, state_dict=state)
@@ -88,10 +89,23 @@ def make_record(job: Job) -> dict[str, Any]:
         "build_options": json.dumps(job.build_options, sort_keys=True),
         "space_options": json.dumps(job.space_options, sort_keys=True),
         "seed": job.seed,
+        "dataset": job.dataset,
+        "input_side": job.input_side,
         **act,
     }
     record.update({f"metric_{k}": float(v) for k, v in job.metrics.items()})
     return record
+
+
+def _space(name: str, options: dict[str, Any], input_side: int = 0) -> Any:
+    """The space ``name`` with ``options``; with ``input_side``, taking square images of that side (as the
+    train evaluator does for a data set of another image size)."""
+    from search_spaces import get_space
+
+    space = get_space(name, **options)
+    if input_side:
+        space.input_shape = (space.input_shape[0], int(input_side), int(input_side))  # type: ignore[misc]
+    return space
 
 
 def shards(directory: Path) -> list[Path]:
@@ -193,7 +207,6 @@ def upgraded_columns(row: dict[str, Any]) -> dict[str, Any]:
     from onnx_bench.export import export_architecture
     from onnx_bench.graph import wl_counts
     from onnx_bench.io import load_onnx
-    from search_spaces import get_space
 
     torch.set_num_threads(1)
 
@@ -201,7 +214,8 @@ def upgraded_columns(row: dict[str, Any]) -> dict[str, Any]:
         value = row.get(column)
         return json.loads(value) if isinstance(value, str) and value else {}
 
-    space = get_space(row["space"], **options("space_options"))
+    side = row.get("input_side")
+    space = _space(row["space"], options("space_options"), int(side) if side is not None and side == side else 0)
     exported = export_architecture(
         space, space.decode(row["arch"]), seed=int(row["seed"]), build_options=options("build_options")
     )
@@ -255,6 +269,11 @@ def _map(fn: Callable[[Any], dict[str, Any]], jobs: list[Any], workers: int) -> 
         yield from pool.map(fn, jobs, chunksize=chunk)
 
 
+# the NB201 table's data sets other than CIFAR-10: (metric, table column, classes, input side)
+NB201_DATASETS = {
+    "cifar100": ("cifar100_test_acc", "nats_cifar100_test", 100, 32),
+    "imagenet16": ("imagenet16_test_acc", "nats_imagenet16_test", 120, 16),
+}
 NB201_METRICS = {
     "cifar10_valid_acc": "nb201v11_cifar10valid_valid_acc",
     "cifar10_test_acc": "nb201v11_cifar10_test_acc",
@@ -267,11 +286,34 @@ NB201_METRICS = {
 
 
 def nb201_jobs(
-    table: dict[str, dict[str, float]], limit: int | None = None, identities: dict[str, str] | None = None
+    table: dict[str, dict[str, float]],
+    limit: int | None = None,
+    identities: dict[str, str] | None = None,
+    dataset: str = "cifar10",
 ) -> list[Job]:
     """One job per NB201 cell (table order by index), with the table's accuracies and device latencies;
-    ``identities`` (arch -> the table's ``iso_unique_str``) marks isomorphic cells as one network."""
+    ``identities`` (arch -> the table's ``iso_unique_str``) marks isomorphic cells as one network. With another
+    ``dataset`` (`NB201_DATASETS`), the network of that data set (its classes and input size) with its one
+    accuracy column: another family of the same cells."""
     items = sorted(table.items(), key=lambda kv: kv[1]["nb201_index"])[:limit]
+    if dataset != "cifar10":
+        if dataset not in NB201_DATASETS:
+            valid = ", ".join(["cifar10", *NB201_DATASETS])
+            raise UserInputError(f"unknown NB201 data set {dataset!r}; valid: {valid}")
+        metric, column, classes, side = NB201_DATASETS[dataset]
+        return [
+            Job(
+                "nb201",
+                arch,
+                f"nb201-table:{dataset}",
+                {metric: row[column], "nb201_index": row["nb201_index"]},
+                {"num_classes": classes},
+                identity=(identities or {}).get(arch, ""),
+                dataset=dataset,
+                input_side=side,
+            )
+            for arch, row in items
+        ]
     jobs = []
     for arch, row in items:
         metrics = {name: row[col] for name, col in NB201_METRICS.items()}

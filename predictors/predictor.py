@@ -33,6 +33,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "nas_predictor"
 LOSSES = ("ranking", "mse")
 CORE_VIEWS = ("compact", "universal")  # the core view's graph features: CORE_FEATURES or UNIVERSAL_FEATURES
+PRIOR_FEATURES = ("log_params", "log_flops", "act_vpca")  # the monotone prior's inputs (training-free rankings)
+RESIDUAL_GRID = (0.0, 0.125, 0.25, 0.5, 1.0)  # residual weights tried by the inner leave-one-family-out
 
 
 @dataclass
@@ -52,6 +54,11 @@ class TrainOptions:
     core_weight: float = 0.5  # weight of the core view (0: full view only, 1: core view only)
     core_view: str = "compact"  # `CORE_VIEWS`: which graph features the core view reads beside the embedding
     monotone: bool = False  # positive weights: the score never falls when a (standardised) input rises
+    # prior: the score is a monotone prior (positive weights on PRIOR_FEATURES, fitted to the worst training
+    # family) plus residual_weight x the MLPs' residual; residual_weight None: chosen by an inner
+    # leave-one-family-out on the training families (`choose_residual_weight`)
+    prior: bool = False
+    residual_weight: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +72,8 @@ class TrainOptions:
             raise UserInputError(f"core_weight={self.core_weight} must be in [0, 1]")
         if self.ensemble < 1:
             raise UserInputError(f"ensemble={self.ensemble} must be >= 1")
+        if self.residual_weight is not None and not (self.residual_weight >= 0.0):
+            raise UserInputError(f"residual_weight={self.residual_weight} must be >= 0")
         if self.epochs < 1 or self.batch_size < 2:
             raise UserInputError(f"epochs={self.epochs} and batch_size={self.batch_size} must be >= 1 and >= 2")
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -102,8 +111,12 @@ def _mlp(inputs: int, hidden: Sequence[int], dropout: float, monotone: bool = Fa
 
 class Head(nn.Module):
     """Two ensembles of MLPs (each member trained with its own seed): ``members`` on all ``inputs`` (the full
-    view) and ``core_members`` on the first ``core_inputs`` columns (the core view). The score is
-    ``core_weight`` x the core members' mean + (1 - ``core_weight``) x the full members' mean."""
+    view) and ``core_members`` on the first ``core_inputs`` columns (the core view). The MLPs' score is
+    ``core_weight`` x the core members' mean + (1 - ``core_weight``) x the full members' mean.
+
+    With ``prior_columns`` (input columns of `PRIOR_FEATURES`), the score is ``prior + residual_weight x`` the
+    MLPs' score, where the prior is a linear map with positive weights of those columns: a ranking that can only
+    rise with the network's size and V-PCA, which the MLPs correct where they were shown to transfer."""
 
     def __init__(
         self,
@@ -116,12 +129,23 @@ class Head(nn.Module):
         core_members: int = 0,
         core_weight: float = 0.0,
         monotone: bool = False,
+        prior_columns: Sequence[int] = (),
+        residual_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.inputs, self.hidden, self.dropout = inputs, [int(h) for h in hidden], dropout
         self.core_inputs, self.core_weight, self.monotone = core_inputs, float(core_weight), monotone
         self.members = nn.ModuleList(_mlp(inputs, hidden, dropout, monotone) for _ in range(members))
         self.core = nn.ModuleList(_mlp(core_inputs, hidden, dropout, monotone) for _ in range(core_members))
+        self.prior_columns = [int(c) for c in prior_columns]
+        self.residual_weight = float(residual_weight)
+        self.prior = PositiveLinear(len(self.prior_columns), 1) if self.prior_columns else None
+
+    def prior_score(self, x: torch.Tensor) -> torch.Tensor:
+        """(n,): the monotone prior (zeros without one)."""
+        if self.prior is None:
+            return torch.zeros(x.shape[0], dtype=x.dtype)
+        return self.prior(x[:, self.prior_columns]).squeeze(-1)
 
     def member_scores(self, x: torch.Tensor) -> torch.Tensor:
         """(members, n): every MLP's own score, each on the standardised target scale."""
@@ -129,7 +153,8 @@ class Head(nn.Module):
         outs += [m(x[:, : self.core_inputs]).squeeze(-1) for m in self.core]
         return torch.stack(outs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """(n,): the MLPs' score (their residual over the prior when there is one)."""
         # `train_predictor` leaves a view empty exactly when its weight is 0
         scores = self.member_scores(x)
         full, core = scores[: len(self.members)], scores[len(self.members) :]
@@ -139,6 +164,11 @@ class Head(nn.Module):
         if len(core):
             score = score + self.core_weight * core.mean(0)
         return score
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prior is None:
+            return self.residual(x)
+        return self.prior_score(x) + self.residual_weight * self.residual(x)
 
 
 def ranking_loss(
@@ -193,7 +223,8 @@ class Predictor:
         target's scale (0 for a single-member head)."""
         self.head.eval()
         members = self.head.member_scores(self.inputs(embeddings, summaries)).numpy().astype(np.float64)
-        return members.std(axis=0) * self.target_std if len(members) > 1 else np.zeros(members.shape[1])
+        weight = self.head.residual_weight if self.head.prior is not None else 1.0  # the residual's share
+        return members.std(axis=0) * self.target_std * weight if len(members) > 1 else np.zeros(members.shape[1])
 
     def novelty(self, summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
         """For each network, the graph feature lying farthest outside the range the predictor was trained on,
@@ -247,6 +278,8 @@ class Predictor:
                 "core_members": len(self.head.core),
                 "core_weight": self.head.core_weight,
                 "monotone": self.head.monotone,
+                "prior_columns": self.head.prior_columns,
+                "residual_weight": self.head.residual_weight,
             },
             **self.meta,
         }
@@ -289,6 +322,8 @@ class Predictor:
             core_members=int(spec.get("core_members", 0)),
             core_weight=float(spec.get("core_weight", 0.0)),
             monotone=bool(spec.get("monotone", False)),
+            prior_columns=[int(c) for c in spec.get("prior_columns", [])],
+            residual_weight=float(spec.get("residual_weight", 1.0)),
         )
         try:
             head.load_state_dict(tensors)
@@ -322,10 +357,15 @@ def train_predictor(
     text_format: str = "compact",
     meta: dict[str, Any] | None = None,
     groups: Sequence[int] | np.ndarray | None = None,
+    blocks: Sequence[str] | np.ndarray | None = None,
 ) -> Predictor:
     """Fit a head on (embedding, features) -> target; seeded, CPU. ``groups`` (an int per sample) keeps
-    ranking pairs within a group and standardises MSE targets per group."""
+    ranking pairs within a group and standardises MSE targets per group. With a prior whose residual weight is
+    left to choose, ``blocks`` (a label per sample, e.g. its space) says which groups share networks: the inner
+    leave-one-family-out holds a group out together with every group of its block (default: each group alone)."""
     opts = options or TrainOptions()
+    if opts.prior and not opts.use_features:
+        raise UserInputError("a prior reads the graph features (params, FLOPs, V-PCA): use_features must be on")
     y = np.asarray(targets, dtype=np.float64)
     if len(y) < 2 or len(y) != len(embeddings) or len(y) != len(summaries):
         raise UserInputError(f"need >= 2 aligned samples to train a predictor, got {len(y)}")
@@ -356,6 +396,8 @@ def train_predictor(
             core_members=opts.ensemble if core_weight > 0.0 else 0,
             core_weight=core_weight,
             monotone=opts.monotone,
+            prior_columns=[emb_width + FEATURE_NAMES.index(f) for f in PRIOR_FEATURES] if opts.prior else (),
+            residual_weight=1.0 if opts.residual_weight is None else opts.residual_weight,
         ),
         encoder_name=encoder_name,
         text_format=text_format,
@@ -376,18 +418,120 @@ def train_predictor(
     x = predictor.inputs(embeddings, summaries)
     yt = torch.from_numpy(z.astype(np.float32))
     gt = torch.from_numpy(g.copy())
-    for k, member in enumerate(predictor.head.members):
-        _fit_member(member, x, yt, gt, opts, opts.seed + k)
-    xc = x[:, : predictor.head.core_inputs]
-    for k, member in enumerate(predictor.head.core):
-        _fit_member(member, xc, yt, gt, opts, opts.seed + 1000 + k)
-    predictor.head.eval()
+    head = predictor.head
+    offset = torch.zeros(len(yt))
+    if head.prior is not None:
+        _fit_prior(head.prior, x[:, head.prior_columns], yt, gt, opts)
+        offset = head.prior_score(x).detach()
+        predictor.meta["prior"] = {
+            "features": list(PRIOR_FEATURES),
+            "weights": nn.functional.softplus(head.prior.raw).detach().reshape(-1).tolist(),
+        }
+    for k, member in enumerate(head.members):
+        _fit_member(member, x, yt, gt, opts, opts.seed + k, offset)
+    xc = x[:, : head.core_inputs]
+    for k, member in enumerate(head.core):
+        _fit_member(member, xc, yt, gt, opts, opts.seed + 1000 + k, offset)
+    head.eval()
+    if head.prior is not None and opts.residual_weight is None:
+        weight, choice = choose_residual_weight(embeddings, summaries, y, opts, groups=g, blocks=blocks)
+        head.residual_weight = weight
+        predictor.meta["prior"]["residual_choice"] = choice
     return predictor
 
 
+PRIOR_STEPS = 150
+PRIOR_BATCH = 128  # records per family per step of the prior's fit (it has three weights)
+ROBUST_SHARPNESS = 20.0  # the prior's loss: a soft maximum (logsumexp / this) of the training families' losses
+RESIDUAL_TOLERANCE = 0.02  # a residual weight may cost an inner held-out family at most this much tau
+
+
+def _fit_prior(prior: PositiveLinear, x: torch.Tensor, yt: torch.Tensor, gt: torch.Tensor, opts: TrainOptions) -> None:
+    """Fit the prior's positive weights to the worst family: each step, the ranking loss of every group on a
+    sample of its records, combined by a soft maximum, so that no training family is given up for the others."""
+    torch.manual_seed(opts.seed + 2000)
+    prior.reset_parameters()
+    optim = torch.optim.Adam(prior.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(opts.seed + 2000)
+    members = [torch.nonzero(gt == label).reshape(-1) for label in torch.unique(gt)]
+    members = [m for m in members if len(m) >= 2]
+    if not members:
+        return
+    for _ in range(PRIOR_STEPS):
+        picks = [idx[torch.randperm(len(idx), generator=gen)[:PRIOR_BATCH]] for idx in members]
+        pick = torch.cat(picks)
+        owner = torch.cat([torch.full((len(p),), k) for k, p in enumerate(picks)])
+        scores = prior(x[pick]).squeeze(-1)
+        mask = ((yt[pick][:, None] - yt[pick][None, :]) > 0) & (owner[:, None] == owner[None, :])
+        hinge = torch.relu(opts.margin - (scores[:, None] - scores[None, :])) * mask
+        per_row = torch.zeros(len(picks)).index_add_(0, owner, hinge.sum(1))
+        pairs = torch.zeros(len(picks)).index_add_(0, owner, mask.sum(1).float())
+        losses = per_row / pairs.clamp(min=1.0)  # each family's mean hinge over its ordered pairs
+        loss = torch.logsumexp(losses * ROBUST_SHARPNESS, 0) / ROBUST_SHARPNESS
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    prior.eval()
+
+
+def choose_residual_weight(
+    embeddings: np.ndarray,
+    summaries: Sequence[Mapping[str, Any]],
+    targets: np.ndarray,
+    options: TrainOptions,
+    *,
+    groups: np.ndarray,
+    blocks: Sequence[str] | np.ndarray | None = None,
+) -> tuple[float, dict[str, Any]]:
+    """How much of the MLPs' residual transfers to a family they never saw: an inner leave-one-family-out on the
+    training data. Each group (with its block) is held out in turn, a prior + residual head is trained on the
+    rest, and every weight of `RESIDUAL_GRID` is scored by its Kendall tau on the held-out group. The weight kept
+    has the best mean tau among those that cost no held-out group more than `RESIDUAL_TOLERANCE` against the
+    prior alone (weight 0, always admissible); with fewer than two blocks there is no out-of-family evidence and
+    the weight is 1."""
+    from dataclasses import replace
+
+    from predictors.metrics import kendall_tau
+
+    labels = np.unique(groups)
+    block = np.asarray(groups if blocks is None else blocks).astype(str)
+    if len(np.unique(block)) < 2:
+        return 1.0, {"grid": list(RESIDUAL_GRID), "chosen": 1.0, "why": "one family: no out-of-family evidence"}
+    inner = replace(options, residual_weight=1.0)
+    taus: dict[str, list[float]] = {}
+    for label in labels:
+        held = np.flatnonzero(groups == label)
+        train = np.flatnonzero(block != block[held[0]])
+        if len(held) < 2 or len(np.unique(groups[train])) < 1 or len(train) < 2:
+            continue
+        sub = train_predictor(
+            embeddings[train], [summaries[int(i)] for i in train], targets[train], inner, groups=groups[train]
+        )
+        x = sub.inputs(embeddings[held], [summaries[int(i)] for i in held])
+        with torch.no_grad():
+            prior, residual = sub.head.prior_score(x).numpy(), sub.head.residual(x).numpy()
+        taus[str(int(label))] = [kendall_tau(prior + w * residual, targets[held]) for w in RESIDUAL_GRID]
+    if not taus:
+        return 1.0, {"grid": list(RESIDUAL_GRID), "chosen": 1.0, "why": "no group could be held out"}
+    table = np.asarray(list(taus.values()))  # groups x weights
+    table = np.where(np.isfinite(table), table, 0.0)
+    admissible = (table - table[:, :1]).min(axis=0) >= -RESIDUAL_TOLERANCE
+    means = np.where(admissible, table.mean(axis=0), -np.inf)
+    chosen = float(RESIDUAL_GRID[int(np.argmax(means))])
+    return chosen, {"grid": list(RESIDUAL_GRID), "chosen": chosen, "inner_tau": taus}
+
+
 def _fit_member(
-    net: nn.Module, x: torch.Tensor, yt: torch.Tensor, gt: torch.Tensor, opts: TrainOptions, seed: int
+    net: nn.Module,
+    x: torch.Tensor,
+    yt: torch.Tensor,
+    gt: torch.Tensor,
+    opts: TrainOptions,
+    seed: int,
+    offset: torch.Tensor | None = None,
 ) -> None:
+    """Fit one MLP; with ``offset`` (the prior's scores), the MLP learns the residual: the loss is taken on
+    offset + its score."""
     torch.manual_seed(seed)
     for module in net.modules():  # each member starts from its own seeded initialisation
         if isinstance(module, nn.Linear | PositiveLinear):
@@ -401,6 +545,8 @@ def _fit_member(
     for _ in range(epochs):
         for idx in minibatches(len(yt), opts.batch_size, gen, min_size=2):
             scores = net(x[idx]).squeeze(-1)
+            if offset is not None:
+                scores = scores + offset[idx]
             if opts.loss == "ranking":
                 loss = ranking_loss(scores, yt[idx], opts.margin, gt[idx])
             else:

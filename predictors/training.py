@@ -109,6 +109,17 @@ def load_bench_data(
     return BenchData(frame, column, embeddings, summaries)
 
 
+def families(frame: pd.DataFrame) -> np.ndarray:
+    """Each record's family: its space, and the data set where it is not CIFAR-10 (``nb201-cifar100``: the NB201
+    cells as networks of CIFAR-100, with their CIFAR-100 accuracies)."""
+    space = frame["space"].astype(str)
+    if "dataset" not in frame.columns:
+        return space.to_numpy()
+    dataset = frame["dataset"].fillna("cifar10").astype(str)
+    other = ~dataset.isin(["cifar10", ""])
+    return space.where(~other, space + "-" + dataset).to_numpy()
+
+
 def identities(frame: pd.DataFrame) -> np.ndarray:
     """Each record's architecture identity: equal networks (isomorphic NB201 cells, NAS-Bench-Macro strings of
     one network) share it; the record's space and its ``identity`` column (its encoded architecture in benches
@@ -187,6 +198,7 @@ def fit(
         text_format=text_format,
         meta=meta,
         groups=part.groups,
+        blocks=part.frame["space"].astype(str).to_numpy(),  # groups of one space share networks
     )
     if held_out is not None and len(held_out) >= 2:
         ev = held_out[:EVAL_CAP]

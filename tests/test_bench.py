@@ -77,3 +77,35 @@ def test_harvest_adds_trained_candidates_with_their_metrics(tmp_path: Path, data
     assert (frame["metric_budget_train_images"] == 64).all()
     again = build(harvest_jobs(run), tmp_path / "bench", workers=1)
     assert again.added == 0
+
+
+def test_nb201_cells_of_another_data_set_are_a_family_of_their_own(tmp_path: Path, data_dir: Path):
+    from onnx_bench.bench import _space
+    from onnx_bench.export import export_architecture
+    from predictors.training import families
+    from tests.test_cli import assert_one_line_error, nas
+
+    args = ["bench", "build", "--space", "nb201", "--sample", "3", "--seed", "4", "--workers", "1"]
+    assert nas(*args, "--out", str(tmp_path / "c10")).returncode == 0
+    proc = nas(*args, "--dataset", "imagenet16", "--out", str(tmp_path / "in16"))
+    assert proc.returncode == 0, proc.stderr
+    c10, in16 = read_bench(tmp_path / "c10"), read_bench(tmp_path / "in16")
+    assert list(in16["arch"]) == list(c10["arch"])  # the same seeded sample of cells
+    assert sorted(c10["metric_nb201_index"]) != [0, 1, 2]  # drawn at random, not the table's first rows
+    table = load_nb201_table(str(data_dir / "nb201" / "nb201.csv"))
+    row = in16.iloc[0]
+    assert row["metric_imagenet16_test_acc"] == table[row["arch"]]["nats_imagenet16_test"]
+    assert "metric_cifar10_valid_acc" not in in16.columns  # only its own data set's accuracy
+    assert list(families(in16)) == ["nb201-imagenet16"] * 3 and list(families(c10)) == ["nb201"] * 3
+    model = load_onnx(
+        export_architecture(
+            _space("nb201", {}, 16), _space("nb201", {}).decode(row["arch"]), build_options={"num_classes": 120}
+        ).data
+    )
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:] == [3, 16, 16]
+    assert row["onnx_sha256"] != c10.iloc[0]["onnx_sha256"] and row["params"] > c10.iloc[0]["params"]  # 120 classes
+    assert row["input_side"] == 16 and row["act_missing"] == 0
+    assert_one_line_error(nas(*args, "--dataset", "mnist", "--out", str(tmp_path / "x")), "'mnist'")
+    assert_one_line_error(
+        nas("bench", "build", "--space", "nbmacro", "--dataset", "cifar100", "--out", str(tmp_path / "y")), "'cifar100'"
+    )

@@ -207,3 +207,71 @@ def test_embedding_cache_persists_across_instances(tmp_path: Path):
     got = EmbeddingCache(path).get_many(["k", "missing"])
     assert list(got) == ["k"] and got["k"].tolist() == [0.0, 1.0, 2.0]
     assert EmbeddingCache(None).get_many(["k"]) == {}
+
+
+def _families(shared: bool, n: int = 120) -> tuple[np.ndarray, list[dict], np.ndarray, np.ndarray]:
+    """Four families whose accuracy rises with log-params; beyond that, the same function of the embedding in
+    every family (``shared``) or one of its own per family (nothing to transfer)."""
+    emb, summaries, y, groups = [], [], [], []
+    for k in range(4):
+        e, s, _ = _synthetic(n, 10 + k)
+        quirk = e[:, 0] if shared else e[:, k + 1] * (1 if k % 2 else -1)
+        y.append(np.log([r["params"] for r in s]) / 4 + 0.8 * quirk)
+        emb.append(e)
+        summaries += s
+        groups.append(np.full(n, k))
+    return np.concatenate(emb), summaries, np.concatenate(y), np.concatenate(groups)
+
+
+PRIOR_OPTS = {"epochs": 40, "max_steps": 80, "core_weight": 1.0, "core_view": "universal", "hidden": (16,)}
+
+
+def test_prior_falls_back_to_the_training_free_ranking_on_an_unfamiliar_family(tmp_path: Path):
+    emb, summaries, y, groups = _families(shared=False)
+    train, held = groups < 3, groups == 3
+    tr = np.flatnonzero(train)
+    fit = {"groups": groups[tr], "blocks": groups[tr].astype(str)}
+    with_prior = train_predictor(
+        emb[tr], [summaries[i] for i in tr], y[tr], TrainOptions(prior=True, **PRIOR_OPTS), **fit
+    )
+    choice = with_prior.meta["prior"]["residual_choice"]
+    assert set(choice["inner_tau"]) == {"0", "1", "2"} and with_prior.head.residual_weight == choice["chosen"]
+    assert with_prior.head.residual_weight <= 0.25  # the quirks did not transfer between the training families
+    assert all(w > 0 for w in with_prior.meta["prior"]["weights"])
+    hs = [summaries[i] for i in np.flatnonzero(held)]
+    params_tau = kendall_tau([s["params"] for s in hs], y[held])
+    tau = kendall_tau(with_prior.score_embeddings(emb[held], hs), y[held])
+    plain = train_predictor(emb[tr], [summaries[i] for i in tr], y[tr], TrainOptions(**PRIOR_OPTS), groups=groups[tr])
+    assert tau >= params_tau - 0.05 and tau > kendall_tau(plain.score_embeddings(emb[held], hs), y[held]) + 0.05
+    loaded = Predictor.load(with_prior.save(tmp_path / "prior.safetensors"))
+    np.testing.assert_allclose(loaded.score_embeddings(emb[held], hs), with_prior.score_embeddings(emb[held], hs))
+    assert loaded.head.residual_weight == with_prior.head.residual_weight and loaded.head.prior is not None
+
+
+def test_prior_keeps_a_residual_that_transfers():
+    emb, summaries, y, groups = _families(shared=True)
+    tr, held = np.flatnonzero(groups < 3), np.flatnonzero(groups == 3)
+    opts = TrainOptions(prior=True, **PRIOR_OPTS)
+    pred = train_predictor(emb[tr], [summaries[i] for i in tr], y[tr], opts, groups=groups[tr])
+    assert pred.head.residual_weight >= 0.5  # the embedding's part ranks every held-out training family
+    hs = [summaries[i] for i in held]
+    x = pred.inputs(emb[held], hs)
+    with torch.no_grad():
+        prior_only = pred.head.prior_score(x).numpy()
+    assert kendall_tau(pred.score_embeddings(emb[held], hs), y[held]) > kendall_tau(prior_only, y[held]) + 0.1
+    fixed = train_predictor(
+        emb[tr],
+        [summaries[i] for i in tr],
+        y[tr],
+        TrainOptions(prior=True, residual_weight=0.0, **PRIOR_OPTS),
+        groups=groups[tr],
+    )
+    assert "residual_choice" not in fixed.meta["prior"]  # a given weight is not chosen again
+    np.testing.assert_array_less(
+        -1e-9,
+        np.diff(fixed.score_embeddings(emb[:5], [{**summaries[0], "params": p} for p in (1e3, 1e4, 1e5, 1e6, 1e7)])),
+    )
+    with pytest.raises(UserInputError, match="use_features"):
+        train_predictor(emb[tr], [summaries[i] for i in tr], y[tr], TrainOptions(prior=True, use_features=False))
+    with pytest.raises(UserInputError, match="residual_weight=-1"):
+        TrainOptions(prior=True, residual_weight=-1.0)

@@ -26,6 +26,13 @@ def bench_build(
     space: Annotated[str, typer.Option(help="nb201 (every cell of the table) or nbmacro (every distinct network).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bench directory (created; existing records kept).")],
     limit: Annotated[int | None, typer.Option(help="Only the first N architectures (table order).")] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="Only N architectures drawn at random (seeded by --seed) from the table.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
+    dataset: Annotated[
+        str, typer.Option(help="nb201: the data set of the networks and their metric (cifar10, cifar100, imagenet16).")
+    ] = "cifar10",
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (else $NAS_DATA_DIR, ~/.cache).")] = None,
 ) -> None:
@@ -38,11 +45,19 @@ def bench_build(
         raise UserInputError(f"bench build covers --space nb201 or nbmacro, not {space!r}; use `nas bench harvest`")
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit {limit} must be >= 1")
+    if sample is not None and sample < 1:
+        raise UserInputError(f"--sample {sample} must be >= 1")
     if space == "nbmacro":
+        if dataset != "cifar10":
+            raise UserInputError(f"--dataset {dataset!r}: NAS-Bench-Macro has CIFAR-10 only")
         jobs = nbmacro_jobs(load_nbmacro_table(str(nbmacro_table_path(data_dir))), limit)
     else:
         csv_path = str(resolve_data_dir(data_dir) / "nb201" / "nb201.csv")
-        jobs = nb201_jobs(load_nb201_table(csv_path), limit, load_nb201_identities(csv_path))
+        jobs = nb201_jobs(load_nb201_table(csv_path), limit, load_nb201_identities(csv_path), dataset)
+    if sample is not None and sample < len(jobs):
+        import random
+
+        jobs = sorted(random.Random(seed).sample(jobs, sample), key=jobs.index)
     _run_bench(jobs, out_dir, workers, f"bench {space}")
 
 

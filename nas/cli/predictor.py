@@ -59,6 +59,21 @@ def predictor_train(
     monotone: Annotated[
         bool, typer.Option("--monotone", help="Positive weights: the score never falls when a feature rises.")
     ] = False,
+    prior: Annotated[
+        bool,
+        typer.Option(
+            "--prior",
+            help="Score = a monotone prior of log-params, log-FLOPs and V-PCA (fitted to the worst training "
+            "family) + a weighted residual of the MLPs.",
+        ),
+    ] = False,
+    residual_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="--prior: weight of the MLPs' residual (default: chosen by an inner leave-one-family-out on "
+            "the training families)."
+        ),
+    ] = None,
     finetune_encoder: Annotated[
         bool,
         typer.Option(
@@ -90,6 +105,8 @@ def predictor_train(
         weight_decay=weight_decay,
         max_steps=max_steps,
         monotone=monotone,
+        prior=prior,
+        residual_weight=residual_weight,
     )
     if finetune_encoder and not embedding:
         raise UserInputError("--finetune-encoder needs the text embedding (drop --no-embedding)")

@@ -1,0 +1,109 @@
+"""A labelled family made here: the trained candidates of a random `nas search` run become a bench, with its budget
+and its noise ceiling measured (a seeded subset trained again with another seed: Kendall tau between the two runs).
+
+The run is a plain user run, e.g. ``nas search --space darts --sampler random --evaluator train --epochs 3
+--train-images 1000 --val-images 1000 --channels 8 --layers 1 --trials 300 --run-dir runs/label-darts``; this script
+harvests it (`nas bench harvest`), retrains ``--noise`` of its networks with a second seed (cached in the run
+directory, so an interrupted measurement resumes), and writes ``family.json`` into the bench beside the shards:
+``{family: {budget, networks, noise_tau, noise_networks, noise_how}}``, which `experiments.predictor_families`
+reports and uses to decide whether the family may veto a recipe.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from experiments.record import record
+
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+
+SECOND_SEED = 1_000_033  # added to a trial's training seed for its second training
+
+
+def budget_text(config: dict[str, Any]) -> str:
+    opts = config.get("evaluator_options") or {}
+    return (
+        f"{config['space']} cells, C={opts.get('channels')}, N={opts.get('layers')}: {opts.get('epochs')} epochs on "
+        f"{opts.get('train_images')} CIFAR-10 training images (batch {opts.get('batch_size', 64)}), validation "
+        f"accuracy on {opts.get('val_images')} held-out images, one training per network (CPU, one thread)"
+    )
+
+
+@app.command(help=__doc__)
+def main(
+    run: Annotated[str, typer.Option(help="Run directory of a `nas search --evaluator train` run.")],
+    bench: Annotated[str, typer.Option(help="Bench directory to harvest the run into.")],
+    noise: Annotated[int, typer.Option(help="Networks trained a second time for the noise ceiling.")] = 40,
+    workers: Annotated[int, typer.Option(help="Worker processes of the harvest.")] = 1,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    import torch
+
+    from nas.evaluators.train import TrainEvaluator
+    from nas.harvest import harvest_jobs
+    from nas.search.config import trial_seed
+    from onnx_bench.bench import build
+    from predictors.metrics import kendall_tau
+    from search_spaces import get_space
+
+    torch.set_num_threads(1)
+    run_dir = Path(run)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    family = str(config["space"])
+    start = time.perf_counter()
+    jobs = harvest_jobs(run_dir)
+    result = build(jobs, bench, workers=workers)
+    harvest_s = time.perf_counter() - start
+    print(f"{bench}: {result.added} added, {result.skipped} present ({harvest_s:.0f} s)")
+    with open(run_dir / "trials.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["state"] == "COMPLETE"]
+    pick = sorted(random.Random(0).sample(rows, min(noise, len(rows))), key=lambda r: int(r["number"]))
+    cache_path = run_dir / "noise.json"
+    cache: dict[str, float] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    space = get_space(family, **(config.get("space_options") or {}))
+    evaluator = TrainEvaluator(space, data_dir=data_dir, **dict(config.get("evaluator_options") or {}))
+    start = time.perf_counter()
+    for i, row in enumerate(pick):
+        if row["number"] in cache:
+            continue
+        arch = space.decode(row["arch"])
+        seed = trial_seed(int(config["seed"]), int(row["number"])) + SECOND_SEED
+        cache[row["number"]] = float(evaluator.fit(arch, evaluator.build(arch, seed), seed)["accuracy"])
+        cache_path.write_text(json.dumps(cache))
+        print(f"{i + 1}/{len(pick)} trial {row['number']}: {row['accuracy']} then {cache[row['number']]}")
+    noise_s = time.perf_counter() - start
+    first = [float(r["accuracy"]) for r in pick]
+    second = [cache[r["number"]] for r in pick]
+    tau = kendall_tau(first, second)
+    info = {
+        "budget": budget_text(config),
+        "networks": len(rows),
+        "noise_tau": tau,
+        "noise_networks": len(pick),
+        "noise_how": (
+            f"Kendall tau between two trainings (two seeds) of {len(pick)} seeded-random networks of the family"
+        ),
+    }
+    (Path(bench) / "family.json").write_text(json.dumps({family: info}, indent=1))
+    accs = [float(r["accuracy"]) for r in rows]
+    body = (
+        f"{len(rows)} {family} networks drawn at random (`nas search --sampler random`, seed {config['seed']}) and "
+        f"trained once each: {info['budget']}. Validation accuracy {min(accs):.1f} to {max(accs):.1f} % (mean "
+        f"{sum(accs) / len(accs):.1f}). **Noise ceiling: Kendall tau {tau:.3f}** between two trainings (seeds) of "
+        f"{len(pick)} of them (second trainings: {noise_s / 60:.1f} min this call; harvest {harvest_s:.0f} s)."
+        + (" Below 0.5: the family is reported but cannot veto a predictor recipe." if tau < 0.5 else "")
+    )
+    record(f"label-{family}", f"Labelled family: {family} cells trained here", body, {"args": {"run": run}, **info})
+    print(body)
+
+
+if __name__ == "__main__":
+    app()
