@@ -12,7 +12,6 @@ import importlib.resources
 import json
 import logging
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,15 @@ import numpy as np
 import pandas as pd
 
 from nas_ground.errors import UserInputError
-from onnx_bench.activations import ACT_FEATURES, activation_summary
+from onnx_bench.activations import activation_summary
+from onnx_bench.batch import SUMMARY_KEYS, describe_graph, describe_paths
 from onnx_bench.graph import WL_SCHEME
-from onnx_bench.io import load_onnx
 from predictors.encoder import Encoder
 from predictors.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREDICTOR = "default_predictor.safetensors"
-SUMMARY_KEYS = (
-    "params",
-    "flops",
-    "nodes",
-    "depth",
-    "peak_activation",
-    "op_histogram",
-    "wl_counts",
-    *ACT_FEATURES,
-)
 DOC_VERSION = 3  # bump when a description or summary gains a field: cached documents of older versions are redone
 
 
@@ -68,18 +57,8 @@ def load_predictor(path: str | Path | None = None) -> Predictor:
 
 def describe_model(model: Any, text_format: str) -> tuple[str, dict[str, Any]]:
     """(text, summary) of a loaded ONNX model: what a predictor reads."""
-    text, summary = _describe_graph(model, text_format)
+    text, summary = describe_graph(model, text_format)
     return text, {**summary, **activation_summary(model)}
-
-
-def _describe_graph(model: Any, text_format: str) -> tuple[str, dict[str, Any]]:
-    """The text and the summary without the activation features (pure Python, holds the GIL)."""
-    from onnx_bench.graph import summarize, wl_counts
-    from onnx_bench.text import describe
-
-    text = describe(model, text_format)
-    full = {**summarize(model), "wl_counts": wl_counts(model)}
-    return text, {k: full[k] for k in SUMMARY_KEYS if k in full}
 
 
 def _doc_key(path: Path, text_format: str) -> str:
@@ -88,10 +67,16 @@ def _doc_key(path: Path, text_format: str) -> str:
 
 
 def describe_files(
-    paths: Sequence[str | Path], text_format: str, encoder: Encoder, *, embed: bool = True
+    paths: Sequence[str | Path],
+    text_format: str,
+    encoder: Encoder,
+    *,
+    embed: bool = True,
+    workers: int | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Texts and summaries of ONNX files, from the cache where the file is unchanged; with ``embed``, the new
-    texts are embedded (into the cache) while the activation statistics finish."""
+    """Texts and summaries of ONNX files, from the cache where the file is unchanged; the others are described in
+    ``workers`` processes (`onnx_bench.batch.describe_paths`; default: one per CPU) and, with ``embed``, their
+    texts embedded in one batched call (into the cache)."""
     files = [Path(p) for p in paths]
     keys = []
     for f in files:
@@ -99,53 +84,43 @@ def describe_files(
             raise UserInputError(f"ONNX file not found: {f}")
         keys.append(_doc_key(f, text_format))
     cached = encoder.cache.get_docs(keys)
-    texts: list[str] = []
-    summaries: list[dict[str, Any]] = []
-    pending: dict[int, tuple[str, Future[dict[str, float]]]] = {}
-    # The activation statistics (onnxruntime and LAPACK, which release the GIL) run on a second thread while
-    # this one describes the next files and embeds the new texts.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for i, (f, key) in enumerate(zip(files, keys, strict=True)):
-            if key in cached:
-                doc = json.loads(cached[key])
-            else:
-                model = load_onnx(f, check=False)
-                pending[i] = (key, pool.submit(activation_summary, model))
-                text, summary = _describe_graph(model, text_format)
-                doc = {"text": text, "summary": summary}
-            texts.append(doc["text"])
-            summaries.append(doc["summary"])
-        if pending and embed:
-            encoder.encode([texts[i] for i in pending])  # cached: the caller's encode finds them
-        new = {}
-        for i, (key, future) in pending.items():
-            summaries[i] = {**summaries[i], **future.result()}
-            new[key] = json.dumps({"text": texts[i], "summary": summaries[i]})
+    docs: list[dict[str, Any] | None] = [json.loads(cached[k]) if k in cached else None for k in keys]
+    todo = [i for i, doc in enumerate(docs) if doc is None]
+    new = {}
+    for i, (text, summary) in zip(todo, describe_paths([files[i] for i in todo], text_format, workers), strict=True):
+        docs[i] = {"text": text, "summary": summary}
+        new[keys[i]] = json.dumps(docs[i])
+    if todo and embed:
+        encoder.encode([docs[i]["text"] for i in todo])  # type: ignore[index]  # cached: the caller's encode finds them
     encoder.cache.put_docs(new)
-    return texts, summaries
+    return [d["text"] for d in docs], [d["summary"] for d in docs]  # type: ignore[index]
 
 
 def _file_inputs(
-    paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None
+    paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None, workers: int | None = None
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """(embeddings, summaries) of ONNX files as ``predictor`` reads them."""
     encoder = encoder or Encoder(predictor.encoder_name)
-    texts, summaries = describe_files(paths, predictor.text_format, encoder, embed=predictor.use_embedding)
+    texts, summaries = describe_files(
+        paths, predictor.text_format, encoder, embed=predictor.use_embedding, workers=workers
+    )
     return predictor.embed(texts, encoder), summaries
 
 
-def score_files(paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None) -> np.ndarray:
-    return predictor.score_embeddings(*_file_inputs(paths, predictor, encoder))
+def score_files(
+    paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None, workers: int | None = None
+) -> np.ndarray:
+    return predictor.score_embeddings(*_file_inputs(paths, predictor, encoder, workers))
 
 
 NOVELTY_WARN = 3.0  # a feature this many training standard deviations outside the training range
 
 
 def predict_files(
-    paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None
+    paths: Sequence[str | Path], predictor: Predictor, encoder: Encoder | None = None, workers: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float]]]:
     """(scores, ensemble spreads, novelty) of ONNX files: see `Predictor.spread` and `Predictor.novelty`."""
-    embeddings, summaries = _file_inputs(paths, predictor, encoder)
+    embeddings, summaries = _file_inputs(paths, predictor, encoder, workers)
     scores = predictor.score_embeddings(embeddings, summaries)
     return scores, predictor.spread(embeddings, summaries), predictor.novelty(summaries)
 

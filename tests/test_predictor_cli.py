@@ -241,3 +241,41 @@ def test_one_screening_mechanism_for_any_cheap_scorer_and_expensive_evaluator(tm
             space="nb201", evaluator="screened", run_dir=str(tmp_path / "bad"), data_dir=str(data_dir),
             evaluator_options={**options, "cost": "accuracy", "cheap_options": cheap_options},
         ))  # fmt: skip
+
+
+def test_many_files_are_described_in_worker_processes_with_the_same_scores(
+    predictor_file: Path, bench: Path, tmp_path: Path
+):
+    from onnx_bench.batch import POOL_MIN_FILES, describe_paths
+
+    frame = read_bench(bench)
+    paths = []
+    for i in range(POOL_MIN_FILES + 2):
+        path = tmp_path / f"net{i}.onnx"
+        assert nas("export", "--space", "nb201", "--arch", frame.iloc[i]["arch"], "-o", str(path)).returncode == 0
+        paths.append(path)
+    pooled = list(describe_paths(paths, "compact", workers=2))
+    alone = list(describe_paths(paths, "compact", workers=1))
+    assert [t for t, _ in pooled] == [t for t, _ in alone] and [s for _, s in pooled] == [s for _, s in alone]
+    assert all(s["act_missing"] == 0.0 for _, s in pooled)
+    proc = nas("predict", *map(str, paths), "--predictor", str(predictor_file), "--json", "--workers", "2",
+               env={"NAS_CACHE_DIR": str(tmp_path / "cold")})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    pred = Predictor.load(predictor_file)
+    expected = pred.score_embeddings(pred.embed([t for t, _ in alone]), [s for _, s in alone])
+    scores = [json.loads(line)["score"] for line in proc.stdout.splitlines()]
+    assert scores == pytest.approx(expected, abs=1e-4)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage" * 10)
+    bad = [str(junk), *map(str, paths[:-1])]
+    proc = nas(
+        "predict",
+        *bad,
+        "--predictor",
+        str(predictor_file),
+        "--workers",
+        "2",
+        env={"NAS_CACHE_DIR": str(tmp_path / "c3")},
+    )
+    assert_one_line_error(proc, "junk.onnx")
+    assert_one_line_error(nas("predict", str(paths[0]), "--workers", "0"), "--workers 0")

@@ -196,6 +196,10 @@ def predict(
         Path | None, typer.Option("--predictor", help="Predictor file (default: shipped).")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per file.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes describing new files (default: $NAS_WORKERS, else one per CPU)."),
+    ] = None,
 ) -> None:
     """Score ONNX networks without training them: higher is better. ``uncertainty`` is the spread of the
     predictor's ensemble; a file far outside the networks the predictor was trained on gets a warning."""
@@ -203,8 +207,10 @@ def predict(
 
     from predictors.zero_shot import NOVELTY_WARN, load_predictor, predict_files
 
+    if workers is not None and workers < 1:
+        raise UserInputError(f"--workers {workers} must be >= 1")
     predictor = load_predictor(predictor_file)
-    scores, spreads, novelty = predict_files(files, predictor)
+    scores, spreads, novelty = predict_files(files, predictor, workers=workers)
     for f, score, spread, (feature, distance) in zip(files, scores, spreads, novelty, strict=True):
         if distance > NOVELTY_WARN:
             err.print(
