@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +43,9 @@ def main(
     noise: Annotated[int, typer.Option(help="Networks trained a second time for the noise ceiling.")] = 40,
     workers: Annotated[int, typer.Option(help="Worker processes of the harvest.")] = 1,
     data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
+    harvest: Annotated[
+        bool, typer.Option(help="Harvest the run into the bench and record (off: only the second trainings).")
+    ] = True,
 ) -> None:
     import torch
 
@@ -59,13 +61,15 @@ def main(
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     family = str(config["space"])
     start = time.perf_counter()
-    jobs = harvest_jobs(run_dir)
-    result = build(jobs, bench, workers=workers)
+    if harvest:
+        result = build(harvest_jobs(run_dir), bench, workers=workers)
+        print(f"{bench}: {result.added} added, {result.skipped} present ({time.perf_counter() - start:.0f} s)")
     harvest_s = time.perf_counter() - start
-    print(f"{bench}: {result.added} added, {result.skipped} present ({harvest_s:.0f} s)")
     with open(run_dir / "trials.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["state"] == "COMPLETE"]
-    pick = sorted(random.Random(0).sample(rows, min(noise, len(rows))), key=lambda r: int(r["number"]))
+    # the first networks of a random-sampler run are a random sample of the space: the same subset however far
+    # the run has gone, so the second trainings can start while the run goes on
+    pick = sorted(rows, key=lambda r: int(r["number"]))[:noise]
     cache_path = run_dir / "noise.json"
     cache: dict[str, float] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     space = get_space(family, **(config.get("space_options") or {}))
@@ -80,6 +84,8 @@ def main(
         cache_path.write_text(json.dumps(cache))
         print(f"{i + 1}/{len(pick)} trial {row['number']}: {row['accuracy']} then {cache[row['number']]}")
     noise_s = time.perf_counter() - start
+    if not harvest:
+        return
     first = [float(r["accuracy"]) for r in pick]
     second = [cache[r["number"]] for r in pick]
     tau = kendall_tau(first, second)
@@ -89,7 +95,7 @@ def main(
         "noise_tau": tau,
         "noise_networks": len(pick),
         "noise_how": (
-            f"Kendall tau between two trainings (two seeds) of {len(pick)} seeded-random networks of the family"
+            f"Kendall tau between two trainings (two seeds) of the first {len(pick)} networks of the random run"
         ),
     }
     (Path(bench) / "family.json").write_text(json.dumps({family: info}, indent=1))
@@ -98,7 +104,8 @@ def main(
         f"{len(rows)} {family} networks drawn at random (`nas search --sampler random`, seed {config['seed']}) and "
         f"trained once each: {info['budget']}. Validation accuracy {min(accs):.1f} to {max(accs):.1f} % (mean "
         f"{sum(accs) / len(accs):.1f}). **Noise ceiling: Kendall tau {tau:.3f}** between two trainings (seeds) of "
-        f"{len(pick)} of them (second trainings: {noise_s / 60:.1f} min this call; harvest {harvest_s:.0f} s)."
+        f"the first {len(pick)} of them (second trainings: {noise_s / 60:.1f} min this call; harvest "
+        f"{harvest_s:.0f} s)."
         + (" Below 0.5: the family is reported but cannot veto a predictor recipe." if tau < 0.5 else "")
     )
     record(f"label-{family}", f"Labelled family: {family} cells trained here", body, {"args": {"run": run}, **info})

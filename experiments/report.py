@@ -57,6 +57,7 @@ ORDER = (
     "predictor-nasnet",
     "predictor-throughput-nb201",
     "predictor-throughput-nbmacro",
+    "predictor-throughput-darts",
 )
 HEADER = (
     "# Benchmarks\n\n"

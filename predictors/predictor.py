@@ -151,7 +151,7 @@ class Head(nn.Module):
         """(members, n): every MLP's own score, each on the standardised target scale."""
         outs = [m(x).squeeze(-1) for m in self.members]
         outs += [m(x[:, : self.core_inputs]).squeeze(-1) for m in self.core]
-        return torch.stack(outs)
+        return torch.stack(outs) if outs else torch.zeros((0, x.shape[0]), dtype=x.dtype)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """(n,): the MLPs' score (their residual over the prior when there is one)."""
@@ -386,14 +386,15 @@ def train_predictor(
     emb_width = embeddings.shape[1] if opts.use_embedding else 0
     width = emb_width + (len(FEATURE_NAMES) if opts.use_features else 0)
     core_weight = opts.core_weight if opts.use_features else 0.0  # without features both views are the same
+    mlps = 0 if opts.prior and opts.residual_weight == 0.0 else opts.ensemble  # the prior alone: no MLP to fit
     predictor = Predictor(
         head=Head(
             width,
             opts.hidden,
             opts.dropout,
-            opts.ensemble if core_weight < 1.0 else 0,
+            mlps if core_weight < 1.0 else 0,
             core_inputs=emb_width + len(CORE_FEATURES if opts.core_view == "compact" else UNIVERSAL_FEATURES),
-            core_members=opts.ensemble if core_weight > 0.0 else 0,
+            core_members=mlps if core_weight > 0.0 else 0,
             core_weight=core_weight,
             monotone=opts.monotone,
             prior_columns=[emb_width + FEATURE_NAMES.index(f) for f in PRIOR_FEATURES] if opts.prior else (),
