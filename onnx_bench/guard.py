@@ -154,15 +154,17 @@ def check_model(model: onnx.ModelProto, name: str, folder: Path | None) -> None:
         _check_values(name, graph)
 
 
-def check_inferred(model: onnx.ModelProto, name: str) -> None:
+def check_inferred(model: onnx.ModelProto, name: str) -> onnx.ModelProto | None:
     """`MAX_ELEMENTS` on the shapes ONNX shape inference gives (a ConstantOfShape, Expand or Reshape fed by a constant
-    shape); inference computes shapes, never the tensors. A model inference cannot handle is left to the caller."""
+    shape); inference computes shapes, never the tensors. Returns the inferred model (None where inference cannot
+    handle the model: that is left to the caller)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
     except Exception:  # inference raises several unrelated types; shapes then stay unknown (``?``)
-        return
+        return None
     for graph in graphs(inferred, name):
         _check_values(name, graph)
+    return inferred
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import onnx
@@ -42,7 +43,11 @@ def load_onnx(source: str | Path | bytes, *, check: bool = True) -> onnx.ModelPr
     if not model.graph.node and not model.graph.input and not model.graph.output:
         raise OnnxInputError(f"{name} is not an ONNX model: it holds no graph")
     check_model(model, name, folder)
-    check_inferred(model, name)
+    inferred = check_inferred(model, name)
+    if inferred is not None and len(data) <= MEMO_BYTES:
+        _INFERRED[id(model)] = (model, inferred)  # describe and summarise reuse it (`infer_shapes`)
+        while len(_INFERRED) > 2:
+            _INFERRED.popitem(last=False)
     if check:
         # The checker stats external data files against the folder of a path it is given (else the working directory)
         checked = str(source) if folder is not None and uses_external_data(model) else model
@@ -54,9 +59,20 @@ def load_onnx(source: str | Path | bytes, *, check: bool = True) -> onnx.ModelPr
     return model
 
 
+# The last models `load_onnx` returned, with the shapes its guard inferred: (model, inferred) by id(model). The
+# entry holds the model itself, so its id cannot be reused while the entry lives; callers never mutate a loaded
+# model in place (the activation probes run a copy).
+MEMO_BYTES = 64 << 20  # larger models are inferred again rather than kept twice in memory
+_INFERRED: OrderedDict[int, tuple[onnx.ModelProto, onnx.ModelProto]] = OrderedDict()
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with `value_info` filled by ONNX shape inference; the model unchanged when inference fails
-    (custom operators, missing shapes): descriptions then write ``?`` for unknown shapes."""
+    (custom operators, missing shapes): descriptions then write ``?`` for unknown shapes. A model just loaded by
+    `load_onnx` is not inferred again."""
+    known = _INFERRED.get(id(model))
+    if known is not None and known[0] is model:
+        return known[1]
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
     except Exception as exc:  # inference raises several unrelated types (InferenceError, RuntimeError, ...)

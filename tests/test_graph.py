@@ -266,3 +266,26 @@ def test_wl_counts_see_connectivity_not_names() -> None:
     assert sum(one.values()) == 3 * 3  # 3 operators x (iterations 0, 1, 2)
     cnn = wl_counts(tiny_cnn())
     assert cnn and all(0 <= k < 512 for k in cnn)
+
+
+def test_a_loaded_model_is_shape_inferred_once(tmp_path: Path):
+    import random
+
+    from onnx_bench import io as onnx_io
+    from onnx_bench.export import export_architecture
+    from search_spaces import get_space
+
+    space = get_space("nb201")
+    path = tmp_path / "cell.onnx"
+    path.write_bytes(export_architecture(space, space.sample(random.Random(3))).data)
+    model = onnx_io.load_onnx(path, check=False)
+    first = onnx_io.infer_shapes(model)
+    assert onnx_io.infer_shapes(model) is first  # the guard's inference, reused
+    fresh = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    assert first.graph.value_info == fresh.graph.value_info
+    other = onnx.ModelProto()
+    other.CopyFrom(model)  # a model that load_onnx did not return is inferred anew
+    assert (
+        onnx_io.infer_shapes(other) is not first
+        and onnx_io.infer_shapes(other).graph.value_info == fresh.graph.value_info
+    )
