@@ -69,7 +69,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
     ),
     "text": ("frozen MiniLM text embedding only", {"use_features": False}, True),
     "prior": (
-        "the monotone prior alone (positive weights on log-params, log-FLOPs, V-PCA, fitted to the worst family)",
+        "the monotone prior alone (positive weights on log-params, log-FLOPs, V-PCA, V-PCA rank share; fitted to the "
+        "worst family)",
         {**UNIVERSAL, "prior": True, "residual_weight": 0.0},
         False,
     ),

@@ -33,7 +33,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "nas_predictor"
 LOSSES = ("ranking", "mse")
 CORE_VIEWS = ("compact", "universal")  # the core view's graph features: CORE_FEATURES or UNIVERSAL_FEATURES
-PRIOR_FEATURES = ("log_params", "log_flops", "act_vpca")  # the monotone prior's inputs (training-free rankings)
+# the monotone prior's inputs, each a training-free ranking: size, V-PCA, and V-PCA as a share of each layer's width
+PRIOR_FEATURES = ("log_params", "log_flops", "act_vpca", "act_rank_share")
 RESIDUAL_GRID = (0.0, 0.125, 0.25, 0.5, 1.0)  # residual weights tried by the inner leave-one-family-out
 
 

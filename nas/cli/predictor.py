@@ -63,8 +63,8 @@ def predictor_train(
         bool,
         typer.Option(
             "--prior",
-            help="Score = a monotone prior of log-params, log-FLOPs and V-PCA (fitted to the worst training "
-            "family) + a weighted residual of the MLPs.",
+            help="Score = a monotone prior of log-params, log-FLOPs, V-PCA and its width share (fitted to the "
+            "worst training family) + a weighted residual of the MLPs.",
         ),
     ] = False,
     residual_weight: Annotated[
