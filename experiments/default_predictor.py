@@ -9,6 +9,7 @@ pairs are formed within each (space, target) group only, so the scales are never
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -23,9 +24,17 @@ import typer
 from experiments.predictor_families import RECIPES, TARGETS
 from experiments.record import load_numbers, record
 from predictors.predictor import Predictor
+from predictors.training import FAMILY_FILE, family_info
 from predictors.zero_shot import default_predictor_path
 
-BENCHES = ["runs/bench-nb201", "runs/bench-nbmacro", "runs/bench-nasnet"]
+BENCHES = [
+    "runs/bench-nb201-cifar10",
+    "runs/bench-nb201-cifar100",
+    "runs/bench-nb201-imagenet16",
+    "runs/bench-nbmacro",
+    "runs/bench-darts",
+    "runs/bench-nasnet",
+]
 
 app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
 
@@ -49,6 +58,7 @@ def main(
     for i, bench in enumerate(benches):
         for shard in sorted(Path(bench).glob("records-*.parquet")):
             (combined / f"records-{i}-{shard.name.removeprefix('records-')}").symlink_to(shard.resolve())
+    (combined / FAMILY_FILE).write_text(json.dumps(family_info(benches)))  # every family's noise ceiling
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "nas", "predictor", "train", "--bench", str(combined)]
     cmd += ["--target", TARGETS, "--out", out, "--ensemble", str(lofo["args"]["ensemble"])]

@@ -27,7 +27,7 @@ from experiments.report import RESULTS
 from predictors.encoder import Encoder
 from predictors.metrics import kendall_tau, spearman_rho
 from predictors.predictor import TrainOptions
-from predictors.training import BenchData, families, fit, identities, load_bench_data
+from predictors.training import VETO_CEILING, BenchData, families, family_info, fit, identities, load_bench_data
 
 # NB201: 200-epoch CIFAR-10 validation (CIFAR-100 / ImageNet16-120 test accuracy for those families); Macro: mean of
 # 3 runs; trained runs (DARTS, NASNet cells labelled here): their validation accuracy at the family's budget
@@ -41,7 +41,6 @@ FAMILY_NAMES = {
     "darts": "DARTS cells (trained here)",
 }
 PROXIES = ("#params", "FLOPs", "V-PCA")  # the single training-free rankings the predictor must not fall below
-VETO_CEILING = 0.5  # a family whose run-to-run tau is below this is reported but does not veto a recipe
 TITLE = "Zero-shot across families: leave-one-family-out"
 
 # name -> (description, options, needs the text embedding)
@@ -103,11 +102,7 @@ def distinct(data: BenchData) -> BenchData:
 def noise_ceilings(benches: list[str], data: BenchData) -> dict[str, dict[str, Any]]:
     """Each family's budget and run-to-run Kendall tau where it is known: from ``family.json`` in its bench
     (written by `experiments.label_family`), or, for NAS-Bench-Macro, between its table's runs."""
-    out: dict[str, dict[str, Any]] = {}
-    for bench in benches:
-        path = Path(bench) / "family.json"
-        if path.is_file():
-            out.update(json.loads(path.read_text()))
+    out = family_info(benches)
     frame = data.frame
     runs = [c for c in ("metric_acc_run1", "metric_acc_run2", "metric_acc_run3") if c in frame.columns]
     macro = frame[frame["family"] == "nbmacro"]

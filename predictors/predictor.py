@@ -359,11 +359,14 @@ def train_predictor(
     meta: dict[str, Any] | None = None,
     groups: Sequence[int] | np.ndarray | None = None,
     blocks: Sequence[str] | np.ndarray | None = None,
+    vetoes: Sequence[bool] | np.ndarray | None = None,
 ) -> Predictor:
     """Fit a head on (embedding, features) -> target; seeded, CPU. ``groups`` (an int per sample) keeps
     ranking pairs within a group and standardises MSE targets per group. With a prior whose residual weight is
     left to choose, ``blocks`` (a label per sample, e.g. its space) says which groups share networks: the inner
-    leave-one-family-out holds a group out together with every group of its block (default: each group alone)."""
+    leave-one-family-out holds a group out together with every group of its block (default: each group alone), and
+    ``vetoes`` (a flag per sample: its family's labels are reproducible, run-to-run tau >= 0.5 or unknown) says which
+    held-out groups judge the residual weight (default: all)."""
     opts = options or TrainOptions()
     if opts.prior and not opts.use_features:
         raise UserInputError("a prior reads the graph features (params, FLOPs, V-PCA): use_features must be on")
@@ -436,7 +439,7 @@ def train_predictor(
         _fit_member(member, xc, yt, gt, opts, opts.seed + 1000 + k, offset)
     head.eval()
     if head.prior is not None and opts.residual_weight is None:
-        weight, choice = choose_residual_weight(embeddings, summaries, y, opts, groups=g, blocks=blocks)
+        weight, choice = choose_residual_weight(embeddings, summaries, y, opts, groups=g, blocks=blocks, vetoes=vetoes)
         head.residual_weight = weight
         predictor.meta["prior"]["residual_choice"] = choice
     return predictor
@@ -484,13 +487,15 @@ def choose_residual_weight(
     *,
     groups: np.ndarray,
     blocks: Sequence[str] | np.ndarray | None = None,
+    vetoes: Sequence[bool] | np.ndarray | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """How much of the MLPs' residual transfers to a family they never saw: an inner leave-one-family-out on the
     training data. Each group (with its block) is held out in turn, a prior + residual head is trained on the
     rest, and every weight of `RESIDUAL_GRID` is scored by its Kendall tau on the held-out group. The weight kept
     has the best mean tau among those that cost no held-out group more than `RESIDUAL_TOLERANCE` against the
-    prior alone (weight 0, always admissible); with fewer than two blocks there is no out-of-family evidence and
-    the weight is 1."""
+    prior alone (weight 0, always admissible); only groups flagged in ``vetoes`` (families whose labels are
+    reproducible) count, unless none is; with fewer than two blocks there is no out-of-family evidence and the
+    weight is 1."""
     from dataclasses import replace
 
     from predictors.metrics import kendall_tau
@@ -515,12 +520,14 @@ def choose_residual_weight(
         taus[str(int(label))] = [kendall_tau(prior + w * residual, targets[held]) for w in RESIDUAL_GRID]
     if not taus:
         return 1.0, {"grid": list(RESIDUAL_GRID), "chosen": 1.0, "why": "no group could be held out"}
-    table = np.asarray(list(taus.values()))  # groups x weights
+    veto = np.ones(len(groups), dtype=bool) if vetoes is None else np.asarray(vetoes, dtype=bool)
+    judges = [k for k in taus if veto[groups == int(k)].all()] or list(taus)
+    table = np.asarray([taus[k] for k in judges])  # judging groups x weights
     table = np.where(np.isfinite(table), table, 0.0)
     admissible = (table - table[:, :1]).min(axis=0) >= -RESIDUAL_TOLERANCE
     means = np.where(admissible, table.mean(axis=0), -np.inf)
     chosen = float(RESIDUAL_GRID[int(np.argmax(means))])
-    return chosen, {"grid": list(RESIDUAL_GRID), "chosen": chosen, "inner_tau": taus}
+    return chosen, {"grid": list(RESIDUAL_GRID), "chosen": chosen, "inner_tau": taus, "judges": judges}
 
 
 def _fit_member(

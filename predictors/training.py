@@ -70,6 +70,8 @@ def load_bench_data(
     frame = pd.concat([read_bench(b) for b in benches], ignore_index=True)
     if frame.empty:
         raise UserInputError(f"bench {bench} holds no records")
+    info = family_info(benches)
+    frame["noise_tau"] = [info.get(f, {}).get("noise_tau", np.nan) for f in families(frame)]
     if space is not None:
         spaces = sorted(frame["space"].unique())
         frame = frame[frame["space"] == space]
@@ -107,6 +109,30 @@ def load_bench_data(
     encoder = encoder or Encoder()
     embeddings = encoder.encode(texts, show_progress=show_progress)
     return BenchData(frame, column, embeddings, summaries)
+
+
+VETO_CEILING = 0.5  # a family whose run-to-run tau is below this cannot veto a recipe (nor a residual weight)
+FAMILY_FILE = "family.json"  # a bench's families: {family: {budget, noise_tau, ...}} (experiments.label_family)
+
+
+def family_info(benches: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """The ``family.json`` of each bench directory, merged: each family's budget and noise ceiling."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for bench in benches:
+        path = Path(bench) / FAMILY_FILE
+        if path.is_file():
+            out.update(json.loads(path.read_text()))
+    return out
+
+
+def reproducible(frame: pd.DataFrame) -> np.ndarray:
+    """Per record: its family's labels are reproducible (run-to-run tau >= `VETO_CEILING`, or not measured)."""
+    if "noise_tau" not in frame.columns:
+        return np.ones(len(frame), dtype=bool)
+    noise = frame["noise_tau"].astype(float).to_numpy()
+    return ~(noise < VETO_CEILING)
 
 
 def families(frame: pd.DataFrame) -> np.ndarray:
@@ -199,6 +225,7 @@ def fit(
         meta=meta,
         groups=part.groups,
         blocks=part.frame["space"].astype(str).to_numpy(),  # groups of one space share networks
+        vetoes=reproducible(part.frame),
     )
     if held_out is not None and len(held_out) >= 2:
         ev = held_out[:EVAL_CAP]

@@ -236,6 +236,7 @@ def test_prior_falls_back_to_the_training_free_ranking_on_an_unfamiliar_family(t
     )
     choice = with_prior.meta["prior"]["residual_choice"]
     assert set(choice["inner_tau"]) == {"0", "1", "2"} and with_prior.head.residual_weight == choice["chosen"]
+    assert choice["judges"] == ["0", "1", "2"]
     assert with_prior.head.residual_weight <= 0.25  # the quirks did not transfer between the training families
     assert all(w > 0 for w in with_prior.meta["prior"]["weights"])
     hs = [summaries[i] for i in np.flatnonzero(held)]
@@ -259,6 +260,10 @@ def test_prior_keeps_a_residual_that_transfers():
     with torch.no_grad():
         prior_only = pred.head.prior_score(x).numpy()
     assert kendall_tau(pred.score_embeddings(emb[held], hs), y[held]) > kendall_tau(prior_only, y[held]) + 0.1
+    noisy = train_predictor(
+        emb[tr], [summaries[i] for i in tr], y[tr], opts, groups=groups[tr], vetoes=groups[tr] != 0
+    )  # a family whose labels do not reproduce is held out and scored, but does not judge the weight
+    assert noisy.meta["prior"]["residual_choice"]["judges"] == ["1", "2"]
     fixed = train_predictor(
         emb[tr],
         [summaries[i] for i in tr],
