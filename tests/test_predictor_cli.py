@@ -103,7 +103,25 @@ def test_train_bad_inputs(bench: Path, tmp_path: Path):
     assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--loss", "hinge"), "'hinge'")
     assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--hidden", "16,x"), "'16,x'")
     assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--core-view", "wide"), "'wide'")
+    assert_one_line_error(
+        nas(*common, "--target", "cifar10_valid_acc", "--prior", "--residual-weight", "-1"), "residual_weight=-1"
+    )
+    assert_one_line_error(nas(*common, "--target", "cifar10_valid_acc", "--prior", "--no-features"), "use_features")
     assert not out.exists()
+
+
+def test_train_with_the_prior_from_the_command_line(bench: Path, tmp_path: Path):
+    out = tmp_path / "prior.safetensors"
+    proc = nas(
+        "predictor", "train", "--bench", str(bench), "--target", "cifar10_valid_acc", "--out", str(out),
+        "--prior", "--no-embedding", "--core-view", "universal", "--core-weight", "1", "--hidden", "16",
+        "--ensemble", "1", "--epochs", "20",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    pred = Predictor.load(out)
+    assert pred.head.prior is not None and len(pred.meta["prior"]["weights"]) == 4
+    # one family (NB201 only): no out-of-family evidence, the residual keeps its full weight
+    assert pred.meta["prior"]["residual_choice"]["chosen"] == 1.0 == pred.head.residual_weight
 
 
 def test_search_with_the_predictor_evaluator(predictor_file: Path, tmp_path: Path):
