@@ -64,7 +64,6 @@ def main(
     if harvest:
         result = build(harvest_jobs(run_dir), bench, workers=workers)
         print(f"{bench}: {result.added} added, {result.skipped} present ({time.perf_counter() - start:.0f} s)")
-    harvest_s = time.perf_counter() - start
     with open(run_dir / "trials.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["state"] == "COMPLETE"]
     # the first networks of a random-sampler run are a random sample of the space: the same subset however far
@@ -83,7 +82,7 @@ def main(
         cache[row["number"]] = float(evaluator.fit(arch, evaluator.build(arch, seed), seed)["accuracy"])
         cache_path.write_text(json.dumps(cache))
         print(f"{i + 1}/{len(pick)} trial {row['number']}: {row['accuracy']} then {cache[row['number']]}")
-    noise_s = time.perf_counter() - start
+    print(f"second trainings: {time.perf_counter() - start:.0f} s")
     if not harvest:
         return
     first = [float(r["accuracy"]) for r in pick]
@@ -104,8 +103,7 @@ def main(
         f"{len(rows)} {family} networks drawn at random (`nas search --sampler random`, seed {config['seed']}) and "
         f"trained once each: {info['budget']}. Validation accuracy {min(accs):.1f} to {max(accs):.1f} % (mean "
         f"{sum(accs) / len(accs):.1f}). **Noise ceiling: Kendall tau {tau:.3f}** between two trainings (seeds) of "
-        f"the first {len(pick)} of them (second trainings: {noise_s / 60:.1f} min this call; harvest "
-        f"{harvest_s:.0f} s)."
+        f"the first {len(pick)} of them (the second trainings are kept in the run directory, `noise.json`)."
         + (" Below 0.5: the family is reported but cannot veto a predictor recipe." if tau < 0.5 else "")
     )
     record(f"label-{family}", f"Labelled family: {family} cells trained here", body, {"args": {"run": run}, **info})
