@@ -79,6 +79,16 @@ RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
         {**UNIVERSAL, "prior": True},
         False,
     ),
+    "prior+graph-universal@1": (
+        "prior + residual of small MLPs on scale and activation features, residual weight fixed at 1",
+        {**UNIVERSAL, "prior": True, "residual_weight": 1.0},
+        False,
+    ),
+    "prior+graph-universal@0.5": (
+        "prior + residual of small MLPs on scale and activation features, residual weight fixed at 0.5",
+        {**UNIVERSAL, "prior": True, "residual_weight": 0.5},
+        False,
+    ),
     "prior+text+graph-universal": (
         "prior + residual of small MLPs on the frozen MiniLM embedding and scale and activation features, its "
         "weight chosen by an inner leave-one-family-out",
