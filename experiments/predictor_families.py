@@ -43,6 +43,7 @@ FAMILY_NAMES = {
 PROXIES = ("#params", "FLOPs", "V-PCA")  # the single training-free rankings the predictor must not fall below
 TITLE = "Zero-shot across families: leave-one-family-out"
 
+RANK_SHARE = {"prior_features": ("log_params", "log_flops", "act_vpca", "act_rank_share"), "prior_fit": "all"}
 # name -> (description, options, needs the text embedding)
 SMALL = {"hidden": (16,), "weight_decay": 0.1}  # a small, strongly regularised MLP: less room for family quirks
 UNIVERSAL = {"core_weight": 1.0, "core_view": "universal", **SMALL}
@@ -68,9 +69,21 @@ RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
     ),
     "text": ("frozen MiniLM text embedding only", {"use_features": False}, True),
     "prior": (
-        "the monotone prior alone (positive weights on log-params, log-FLOPs, V-PCA, V-PCA rank share; fitted to the "
-        "worst family)",
+        "the monotone prior alone (positive weights on log-params, log-FLOPs, V-PCA; fitted to the worst "
+        "reproducible family)",
         {**UNIVERSAL, "prior": True, "residual_weight": 0.0},
+        False,
+    ),
+    "prior@rank-share": (
+        "the monotone prior alone on log-params, log-FLOPs, V-PCA and V-PCA's width share, fitted to the worst of "
+        "all families",
+        {**UNIVERSAL, "prior": True, "residual_weight": 0.0, **RANK_SHARE},
+        False,
+    ),
+    "prior+graph-universal@rank-share": (
+        "that prior + residual of small MLPs on scale and activation features, weight chosen by an inner "
+        "leave-one-family-out",
+        {**UNIVERSAL, "prior": True, **RANK_SHARE},
         False,
     ),
     "prior+graph-universal": (

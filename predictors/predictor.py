@@ -33,8 +33,10 @@ FORMAT_VERSION = 1
 METADATA_KEY = "nas_predictor"
 LOSSES = ("ranking", "mse")
 CORE_VIEWS = ("compact", "universal")  # the core view's graph features: CORE_FEATURES or UNIVERSAL_FEATURES
-# the monotone prior's inputs, each a training-free ranking: size, V-PCA, and V-PCA as a share of each layer's width
-PRIOR_FEATURES = ("log_params", "log_flops", "act_vpca", "act_rank_share")
+# the monotone prior's inputs, each a training-free ranking: size and V-PCA (and, optionally, V-PCA as a share of
+# each layer's width, `act_rank_share`: any of the UNIVERSAL_FEATURES may be named)
+PRIOR_FEATURES = ("log_params", "log_flops", "act_vpca")
+PRIOR_FITS = ("reproducible", "all")  # which training families the prior is fitted to
 RESIDUAL_GRID = (0.0, 0.125, 0.25, 0.5, 1.0)  # residual weights tried by the inner leave-one-family-out
 
 
@@ -60,6 +62,8 @@ class TrainOptions:
     # leave-one-family-out on the training families (`choose_residual_weight`)
     prior: bool = False
     residual_weight: float | None = None
+    prior_features: tuple[str, ...] = PRIOR_FEATURES
+    prior_fit: str = "reproducible"  # `PRIOR_FITS`: the families whose labels reproduce (noise ceiling >= 0.5), or all
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +79,13 @@ class TrainOptions:
             raise UserInputError(f"ensemble={self.ensemble} must be >= 1")
         if self.residual_weight is not None and not (self.residual_weight >= 0.0):
             raise UserInputError(f"residual_weight={self.residual_weight} must be >= 0")
+        self.prior_features = tuple(self.prior_features)
+        bad = [f for f in self.prior_features if f not in UNIVERSAL_FEATURES]
+        if bad or not self.prior_features:
+            valid = ", ".join(UNIVERSAL_FEATURES)
+            raise UserInputError(f"prior feature {(bad or [''])[0]!r} is not a scale or activation feature: {valid}")
+        if self.prior_fit not in PRIOR_FITS:
+            raise UserInputError(f"unknown prior fit {self.prior_fit!r}; valid: {', '.join(PRIOR_FITS)}")
         if self.epochs < 1 or self.batch_size < 2:
             raise UserInputError(f"epochs={self.epochs} and batch_size={self.batch_size} must be >= 1 and >= 2")
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -401,7 +412,7 @@ def train_predictor(
             core_members=mlps if core_weight > 0.0 else 0,
             core_weight=core_weight,
             monotone=opts.monotone,
-            prior_columns=[emb_width + FEATURE_NAMES.index(f) for f in PRIOR_FEATURES] if opts.prior else (),
+            prior_columns=[emb_width + FEATURE_NAMES.index(f) for f in opts.prior_features] if opts.prior else (),
             residual_weight=1.0 if opts.residual_weight is None else opts.residual_weight,
         ),
         encoder_name=encoder_name,
@@ -426,10 +437,14 @@ def train_predictor(
     head = predictor.head
     offset = torch.zeros(len(yt))
     if head.prior is not None:
-        _fit_prior(head.prior, x[:, head.prior_columns], yt, gt, opts)
+        steer = torch.ones(len(yt), dtype=torch.bool)
+        if opts.prior_fit == "reproducible" and vetoes is not None and np.asarray(vetoes, dtype=bool).any():
+            steer = torch.from_numpy(np.asarray(vetoes, dtype=bool))  # noisy families do not steer the prior
+        _fit_prior(head.prior, x[steer][:, head.prior_columns], yt[steer], gt[steer], opts)
         offset = head.prior_score(x).detach()
         predictor.meta["prior"] = {
-            "features": list(PRIOR_FEATURES),
+            "features": list(opts.prior_features),
+            "fitted_to": sorted(int(v) for v in torch.unique(gt[steer])),
             "weights": nn.functional.softplus(head.prior.raw).detach().reshape(-1).tolist(),
         }
     for k, member in enumerate(head.members):
@@ -505,6 +520,7 @@ def choose_residual_weight(
     if len(np.unique(block)) < 2:
         return 1.0, {"grid": list(RESIDUAL_GRID), "chosen": 1.0, "why": "one family: no out-of-family evidence"}
     inner = replace(options, residual_weight=1.0)
+    veto = np.ones(len(groups), dtype=bool) if vetoes is None else np.asarray(vetoes, dtype=bool)
     taus: dict[str, list[float]] = {}
     for label in labels:
         held = np.flatnonzero(groups == label)
@@ -512,7 +528,12 @@ def choose_residual_weight(
         if len(held) < 2 or len(np.unique(groups[train])) < 1 or len(train) < 2:
             continue
         sub = train_predictor(
-            embeddings[train], [summaries[int(i)] for i in train], targets[train], inner, groups=groups[train]
+            embeddings[train],
+            [summaries[int(i)] for i in train],
+            targets[train],
+            inner,
+            groups=groups[train],
+            vetoes=veto[train],
         )
         x = sub.inputs(embeddings[held], [summaries[int(i)] for i in held])
         with torch.no_grad():
@@ -520,7 +541,6 @@ def choose_residual_weight(
         taus[str(int(label))] = [kendall_tau(prior + w * residual, targets[held]) for w in RESIDUAL_GRID]
     if not taus:
         return 1.0, {"grid": list(RESIDUAL_GRID), "chosen": 1.0, "why": "no group could be held out"}
-    veto = np.ones(len(groups), dtype=bool) if vetoes is None else np.asarray(vetoes, dtype=bool)
     judges = [k for k in taus if veto[groups == int(k)].all()] or list(taus)
     table = np.asarray([taus[k] for k in judges])  # judging groups x weights
     table = np.where(np.isfinite(table), table, 0.0)

@@ -119,7 +119,7 @@ def test_train_with_the_prior_from_the_command_line(bench: Path, tmp_path: Path)
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     pred = Predictor.load(out)
-    assert pred.head.prior is not None and len(pred.meta["prior"]["weights"]) == 4
+    assert pred.head.prior is not None and len(pred.meta["prior"]["weights"]) == 3
     # one family (NB201 only): no out-of-family evidence, the residual keeps its full weight
     assert pred.meta["prior"]["residual_choice"]["chosen"] == 1.0 == pred.head.residual_weight
 

@@ -264,6 +264,7 @@ def test_prior_keeps_a_residual_that_transfers():
         emb[tr], [summaries[i] for i in tr], y[tr], opts, groups=groups[tr], vetoes=groups[tr] != 0
     )  # a family whose labels do not reproduce is held out and scored, but does not judge the weight
     assert noisy.meta["prior"]["residual_choice"]["judges"] == ["1", "2"]
+    assert noisy.meta["prior"]["fitted_to"] == [1, 2] and pred.meta["prior"]["fitted_to"] == [0, 1, 2]
     fixed = train_predictor(
         emb[tr],
         [summaries[i] for i in tr],
@@ -278,5 +279,9 @@ def test_prior_keeps_a_residual_that_transfers():
     )
     with pytest.raises(UserInputError, match="use_features"):
         train_predictor(emb[tr], [summaries[i] for i in tr], y[tr], TrainOptions(prior=True, use_features=False))
+    with pytest.raises(UserInputError, match="'op_Conv'"):
+        TrainOptions(prior=True, prior_features=("log_params", "op_Conv"))
+    with pytest.raises(UserInputError, match="'most'"):
+        TrainOptions(prior=True, prior_fit="most")
     with pytest.raises(UserInputError, match="residual_weight=-1"):
         TrainOptions(prior=True, residual_weight=-1.0)

@@ -74,6 +74,16 @@ def predictor_train(
             "the training families)."
         ),
     ] = None,
+    prior_features: Annotated[
+        str, typer.Option(help="--prior: its features, comma-separated (scale and activation features).")
+    ] = "log_params,log_flops,act_vpca",
+    prior_fit: Annotated[
+        str,
+        typer.Option(
+            help="--prior: fit it to the families whose labels reproduce (reproducible: noise ceiling >= 0.5 or "
+            "unknown) or to all."
+        ),
+    ] = "reproducible",
     finetune_encoder: Annotated[
         bool,
         typer.Option(
@@ -107,6 +117,8 @@ def predictor_train(
         monotone=monotone,
         prior=prior,
         residual_weight=residual_weight,
+        prior_features=tuple(f.strip() for f in prior_features.split(",") if f.strip()),
+        prior_fit=prior_fit,
     )
     if finetune_encoder and not embedding:
         raise UserInputError("--finetune-encoder needs the text embedding (drop --no-embedding)")
