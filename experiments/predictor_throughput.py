@@ -69,7 +69,8 @@ def main(
     scorer = load_predictor(predictor)
     t0 = time.perf_counter()
     encoder = Encoder(scorer.encoder_name, cache=work / "cache.sqlite")
-    _ = encoder.dim  # loads sentence-transformers and the model
+    if scorer.use_embedding:
+        _ = encoder.dim  # loads sentence-transformers and the model
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     cold_scores = score_files(paths, scorer, encoder, workers)
@@ -89,15 +90,19 @@ def main(
     embed = " + embed" if scorer.use_embedding else ""
     body = (
         f"{files} {label[space]}, {size_kib:.0f} KiB ONNX files on average), {used} worker processes describing "
-        f"the files, {torch.get_num_threads()} torch threads embedding, predictor "
+        f"the files, {torch.get_num_threads()} torch threads, predictor "
         f"`{predictor or 'shipped default'}`.\n\n"
         f"- Cold (empty caches; read + describe `compact` + summarise + activation statistics{embed} + score): "
         f"**{files / cold_s:.1f} "
         f"networks/s** ({1000 * cold_s / files:.0f} ms each). Target >= {target}/s.\n"
         f"- Warm (same files again, all cached): **{files / warm_s:.0f} networks/s** (best of "
         f"{warm_repeats}; median {files / sorted(warm)[len(warm) // 2]:.0f}/s). Target >= 1,000/s.\n"
-        f"- One-time encoder load (import sentence-transformers + MiniLM): {load_s:.1f} s, not in the figures.\n"
-        f"- Peak resident memory: {peak_self:.0f} MiB this process, {peak_worker:.0f} MiB the largest worker."
+        + (
+            f"- One-time encoder load (import sentence-transformers + MiniLM): {load_s:.1f} s, not in the figures.\n"
+            if scorer.use_embedding
+            else "- No encoder is loaded (the predictor reads no text).\n"
+        )
+        + f"- Peak resident memory: {peak_self:.0f} MiB this process, {peak_worker:.0f} MiB the largest worker."
     )
     kind = "text embedding + graph features" if scorer.use_embedding else "graph features only, no encoder"
     body = body.replace("networks/s** (", f"networks/s** ({kind}; ", 1)

@@ -58,6 +58,7 @@ ORDER = (
     "predictor-throughput-nb201",
     "predictor-throughput-nbmacro",
     "predictor-throughput-darts",
+    "predictor-throughput-nb201-text",
 )
 HEADER = (
     "# Benchmarks\n\n"
