@@ -79,12 +79,19 @@ def transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a lost or refused connection: worth retrying."""
     import sqlalchemy.exc
 
+    # what a server going away mid-commit can also leave behind: a driver error of no connection class (an
+    # InternalError while the server shuts down), a session that must be rolled back, a closed result or cursor
+    lost = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.InternalError,
+        sqlalchemy.exc.DisconnectionError,
+        sqlalchemy.exc.PendingRollbackError,
+        sqlalchemy.exc.ResourceClosedError,
+    )
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and (
-            seen.connection_invalidated
-            or isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
-        ):
+        if isinstance(seen, lost) or (isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
