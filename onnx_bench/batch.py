@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from nas_ground.errors import UserInputError
 from onnx_bench.activations import ACT_FEATURES
 
 SUMMARY_KEYS = (
@@ -66,7 +67,9 @@ def default_workers() -> int:
     """Worker processes: ``NAS_WORKERS`` when set, else the CPUs this process may use."""
     value = os.environ.get("NAS_WORKERS")
     if value:
-        return max(1, int(value))
+        if not value.strip().isdigit() or int(value) < 1:
+            raise UserInputError(f"NAS_WORKERS={value!r} must be a positive whole number")
+        return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

@@ -297,3 +297,4 @@ def test_many_files_are_described_in_worker_processes_with_the_same_scores(
     )
     assert_one_line_error(proc, "junk.onnx")
     assert_one_line_error(nas("predict", str(paths[0]), "--workers", "0"), "--workers 0")
+    assert_one_line_error(nas("predict", *map(str, paths), env={"NAS_WORKERS": "two"}), "NAS_WORKERS='two'")
