@@ -106,7 +106,15 @@ def main(
         f"the first {len(pick)} of them (the second trainings are kept in the run directory, `noise.json`)."
         + (" Below 0.5: the family is reported but cannot veto a predictor recipe." if tau < 0.5 else "")
     )
-    record(f"label-{family}", f"Labelled family: {family} cells trained here", body, {"args": {"run": run}, **info})
+    # every label, so the family can be rebuilt without training again (a record's features come from the
+    # architecture at its seeded initialisation: `nas bench build` jobs of these strings and accuracies)
+    labels = [
+        {"trial": int(r["number"]), "arch": r["arch"], "accuracy": float(r["accuracy"])}
+        | ({"accuracy_second_seed": cache[r["number"]]} if r["number"] in cache else {})
+        for r in sorted(rows, key=lambda r: int(r["number"]))
+    ]
+    numbers = {"args": {"run": run}, **info, "config": config, "labels": labels}
+    record(f"label-{family}", f"Labelled family: {family} cells trained here", body, numbers)
     print(body)
 
 
