@@ -20,33 +20,84 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from experiments.record import record
-
-app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+from experiments.record import load_numbers, record
+from nas.harvest import data_set_of, jobs_from_trials
+from nas_ground.atomic import atomic_path
 
 SECOND_SEED = 1_000_033  # added to a trial's training seed for its second training
 
 
 def budget_text(config: dict[str, Any]) -> str:
     opts = config.get("evaluator_options") or {}
+    if data_set_of(config) == "sst2":
+        return (
+            f"{config['space']} networks: {opts.get('epochs', 1)} epoch(s) on {opts.get('train_images')} SST-2 "
+            f"training phrases (batch {opts.get('batch_size', 32)}, AdamW lr {opts.get('lr', 1e-3):g}), dev "
+            f"accuracy on {opts.get('val_images') or 872} dev sentences, one training per network (CPU, one thread)"
+        )
+    shape = f"cells, C={opts.get('channels')}, N={opts.get('layers')}" if "channels" in opts else "networks"
     return (
-        f"{config['space']} cells, C={opts.get('channels')}, N={opts.get('layers')}: {opts.get('epochs')} epochs on "
-        f"{opts.get('train_images')} CIFAR-10 training images (batch {opts.get('batch_size', 64)}), validation "
-        f"accuracy on {opts.get('val_images')} held-out images, one training per network (CPU, one thread)"
+        f"{config['space']} {shape}: {opts.get('epochs')} epochs on {opts.get('train_images')} CIFAR-10 training "
+        f"images (batch {opts.get('batch_size', 64)}, SGD lr {opts.get('lr', 0.05):g}), validation accuracy on "
+        f"{opts.get('val_images')} held-out images, one training per network (CPU, one thread)"
     )
+
+
+def family_of(config: dict[str, Any]) -> str:
+    """The family name `predictors.training.families` gives the run's records: the space, with its data set where
+    that is not CIFAR-10."""
+    dataset = data_set_of(config)
+    return str(config["space"]) if dataset in ("cifar10", "") else f"{config['space']}-{dataset}"
+
+
+def rebuild(key: str, bench: str, workers: int) -> None:
+    """The bench of a family recorded by this script (``experiments/results/KEY.json``: its run's config and every
+    label), built again without training: the records' features come from each architecture at its seeded
+    initialisation, as a harvest's do; the ONNX files carry those initial weights instead of the trained ones."""
+    from onnx_bench.bench import build
+
+    numbers = load_numbers(key)
+    config, labels = numbers["config"], numbers["labels"]
+    rows = [
+        {"number": str(x["trial"]), "state": "COMPLETE", "arch": x["arch"], "accuracy": str(x["accuracy"])}
+        for x in labels
+    ]
+    run_name = Path(numbers["args"]["run"]).name
+    start = time.perf_counter()
+    result = build(jobs_from_trials(config, rows, run_name), bench, workers=workers)
+    print(f"{bench}: {result.added} added, {result.skipped} present ({time.perf_counter() - start:.0f} s)")
+    info = {k: numbers[k] for k in ("budget", "networks", "noise_tau", "noise_networks", "noise_how")}
+    write_family(Path(bench), family_of(config), info)
+
+
+def write_family(bench: Path, family: str, info: dict[str, Any]) -> None:
+    with atomic_path(bench / "family.json") as tmp:
+        tmp.write_text(json.dumps({family: info}, indent=1))
+
+
+app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
 
 
 @app.command(help=__doc__)
 def main(
-    run: Annotated[str, typer.Option(help="Run directory of a `nas search --evaluator train` run.")],
     bench: Annotated[str, typer.Option(help="Bench directory to harvest the run into.")],
+    run: Annotated[str | None, typer.Option(help="Run directory of a `nas search --evaluator train` run.")] = None,
     noise: Annotated[int, typer.Option(help="Networks trained a second time for the noise ceiling.")] = 40,
     workers: Annotated[int, typer.Option(help="Worker processes of the harvest.")] = 1,
     data_dir: Annotated[str | None, typer.Option(help="Data directory.")] = None,
     harvest: Annotated[
         bool, typer.Option(help="Harvest the run into the bench and record (off: only the second trainings).")
     ] = True,
+    from_result: Annotated[
+        str | None,
+        typer.Option(help="Rebuild the bench of a recorded family (experiments/results/KEY.json) without training."),
+    ] = None,
 ) -> None:
+    if from_result:
+        rebuild(from_result, bench, workers)
+        return
+    if run is None:
+        raise typer.BadParameter("required (unless --from-result)", param_hint="'--run'")
     import torch
 
     from nas.evaluators.train import TrainEvaluator
@@ -59,7 +110,7 @@ def main(
     torch.set_num_threads(1)
     run_dir = Path(run)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    family = str(config["space"])
+    family = family_of(config)
     start = time.perf_counter()
     if harvest:
         result = build(harvest_jobs(run_dir), bench, workers=workers)
@@ -97,7 +148,7 @@ def main(
             f"Kendall tau between two trainings (two seeds) of the first {len(pick)} networks of the random run"
         ),
     }
-    (Path(bench) / "family.json").write_text(json.dumps({family: info}, indent=1))
+    write_family(Path(bench), family, info)
     accs = [float(r["accuracy"]) for r in rows]
     body = (
         f"{len(rows)} {family} networks drawn at random (`nas search --sampler random`, seed {config['seed']}) and "

@@ -2,17 +2,20 @@
 
 The network runs once, in onnxruntime, on a fixed probe batch of 8 natural images (CIFAR-10 training images
 shipped in the package as ``probe_images.npy``, normalised with the CIFAR-10 statistics and resized bilinearly
-to the model's input size), so the features need no data set and are the same on every machine. At every PCA
+to the model's input size), so the features need no data set and are the same on every machine. A token model
+(one integer input of token ids, batch x length, read by a Gather of an embedding table) gets 8 sequences of
+seeded random ids instead (`probe_tokens`): at initialisation the embedding rows are random, so random ids stand
+for text as well as real sentences would, and the FFN pre-activations are the W-PCA paper's sites. At every PCA
 site (the distinct inputs of each Relu/Gelu/erf-GELU: `find_sites`) the samples x
-features matrix ((batch * pixels) x channels) gives the eigenvalues of its covariance; per site, k(eta) is the
-smallest number of principal components holding eta of the variance. Features:
+features matrix ((batch * pixels or tokens) x channels) gives the eigenvalues of its covariance; per site, k(eta)
+is the smallest number of principal components holding eta of the variance. Features:
 
 - ``act_vpca``: log1p of sum_sites k(0.99) (V-PCA at the W-PCA paper's eta, in eval mode: what an ONNX file
   computes), ``act_vpca90`` and ``act_vpca999`` (eta 0.9 and 0.999);
 - ``act_rank_share``: mean over sites of k(0.99) / width (how much of each layer's width is used);
 - ``act_sites``: log1p of the number of sites;
-- ``act_missing``: 1 when the statistics could not be computed (no image input: token models, 1-D signals; no
-  Relu/Gelu; a runtime error), in which case the others are 0.
+- ``act_missing``: 1 when the statistics could not be computed (no image or token input: 1-D signals, several
+  inputs; no Relu/Gelu; a runtime error), in which case the others are 0.
 
 The file's own weights are used: a predictor sees what a freshly initialised network computes, so score
 untrained files (the bench exports every architecture with seeded initial weights).
@@ -37,6 +40,9 @@ ACT_FEATURES = ("act_vpca", "act_vpca90", "act_vpca999", "act_rank_share", "act_
 ETAS = (0.99, 0.9, 0.999)
 PROBE_FILE = "probe_images.npy"
 DYNAMIC_SIZE = 32
+DYNAMIC_TOKENS = 64  # the probe's sequence length where a token model leaves it open
+FIRST_TOKEN_ID = 1000  # probe ids start here in a large vocabulary (BERT's WordPiece puts specials and [unusedN] below)
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
@@ -110,21 +116,54 @@ def probe_batch(channels: int, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _image_input(model: onnx.ModelProto) -> tuple[str, int, int, int, int] | None:
-    """(name, element type, C, H, W) of the model's only image-like input, else None."""
+def _only_input(model: onnx.ModelProto) -> tuple[str, int, list[int]] | None:
+    """(name, element type, dims with 0 for a dynamic one) of the model's only input that is not an initializer."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         return None
-    value = inputs[0]
-    elem = value.type.tensor_type.elem_type
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
+    tensor = inputs[0].type.tensor_type
+    return inputs[0].name, tensor.elem_type, [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+
+
+def _image_input(model: onnx.ModelProto) -> tuple[str, int, int, int, int] | None:
+    """(name, element type, C, H, W) of the model's only image-like input, else None."""
+    if (only := _only_input(model)) is None:
+        return None
+    name, elem, dims = only
     if elem not in _FLOAT_TYPES or len(dims) != 4 or dims[1] not in (1, 3):
         return None
     height, width = (d or DYNAMIC_SIZE for d in dims[2:])  # a dynamic height or width gets the probe's own 32
     if min(height, width) < 4:
         return None
-    return value.name, elem, dims[1], height, width
+    return name, elem, dims[1], height, width
+
+
+def _token_input(model: onnx.ModelProto) -> tuple[str, int, int, int] | None:
+    """(name, element type, sequence length, vocabulary size) of a token model's only input: integer, batch x
+    length, indexing an embedding table (an initializer Gather, directly or through a Cast); else None."""
+    if (only := _only_input(model)) is None:
+        return None
+    name, elem, dims = only
+    initializers = {t.name: t for t in model.graph.initializer}
+    if elem not in _INT_TYPES or len(dims) != 2:
+        return None
+    names = {name} | {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] == name}
+    vocab = [
+        int(initializers[n.input[0]].dims[0])
+        for n in model.graph.node
+        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in names and n.input[0] in initializers
+    ]
+    if not vocab or min(vocab) < 2:
+        return None
+    return name, elem, dims[1] or DYNAMIC_TOKENS, min(vocab)
+
+
+def probe_tokens(length: int, vocab: int, batch: int = 8) -> np.ndarray:
+    """``batch`` sequences of ``length`` seeded random token ids below ``vocab`` (from `FIRST_TOKEN_ID` where the
+    vocabulary is large enough), int64; the same on every machine."""
+    low = FIRST_TOKEN_ID if vocab > 2 * FIRST_TOKEN_ID else 1
+    return np.random.default_rng(0).integers(low, vocab, size=(batch, length), dtype=np.int64)
 
 
 def ks_from_features(features: np.ndarray, etas: tuple[float, ...] = ETAS) -> list[int]:
@@ -174,15 +213,22 @@ def _run(model: onnx.ModelProto, wanted: list[str], name: str, x: np.ndarray) ->
 def activation_summary(model: onnx.ModelProto) -> dict[str, float]:
     """The ``act_*`` features of ``model`` (see the module docstring); never raises for a valid graph."""
     spec = _image_input(model)
-    if spec is None:
+    tokens = _token_input(model) if spec is None else None
+    if spec is None and tokens is None:
         return missing()
-    name, elem, channels, height, width = spec
     sites = find_sites(model).pre_activations
     if not sites:
         return missing()
     try:
-        check_probe_input(name, (len(probe_images()), channels, height, width))
-        x = probe_batch(channels, height, width).astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+        if spec is not None:
+            name, elem, channels, height, width = spec
+            check_probe_input(name, (len(probe_images()), channels, height, width))
+            x = probe_batch(channels, height, width).astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+        else:
+            assert tokens is not None
+            name, elem, length, vocab = tokens
+            check_probe_input(name, (len(probe_images()), length))
+            x = probe_tokens(length, vocab, len(probe_images())).astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
         acts = _run(model, sites, name, x)
         ks, shares = [], []
         for a in acts:

@@ -79,13 +79,44 @@ def test_features_differ_between_architectures_and_are_missing_without_images():
     cells.append("|avg_pool_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|avg_pool_3x3~2|")
     a, b = (activation_summary(load_onnx(export_architecture(space, space.decode(c)).data)) for c in cells)
     assert a["act_vpca"] > b["act_vpca"] > 0.0
-    # Token ids (a transformer) and a graph without Relu/Gelu get the "missing" marker and zeros.
+    # Token ids without a Relu/Gelu and an image graph without them get the "missing" marker and zeros.
     emb = nn.Sequential(nn.Embedding(100, 8), nn.Flatten(), nn.Linear(8 * 6, 2))
     tokens = torch.zeros(1, 6, dtype=torch.long)
     text = activation_summary(load_onnx(export_bytes(emb, example=tokens), check=False))
     linear = activation_summary(load_onnx(export_bytes(nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), (3, 4, 4))))
     for feats in (text, linear):
         assert feats["act_missing"] == 1.0 and all(feats[k] == 0.0 for k in ACT_FEATURES if k != "act_missing")
+
+
+def test_token_models_get_vpca_from_seeded_random_ids():
+    """A token model's FFN pre-activations are its PCA sites (the W-PCA paper's), on `probe_tokens` ids: the same
+    count as the torch network's own pre-activations on those ids, and a real transformer-small file has one site
+    per GELU."""
+    from onnx_bench.activations import probe_tokens
+    from onnx_bench.export import export_architecture
+    from search_spaces import get_space
+
+    class Ffn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.up, self.down = nn.Embedding(3000, 16), nn.Linear(16, 24), nn.Linear(24, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.down(nn.functional.gelu(self.up(self.emb(ids)))).mean(dim=1)
+
+    torch.manual_seed(0)
+    model = Ffn().eval()
+    feats = activation_summary(load_onnx(export_bytes(model, example=torch.zeros(1, 10, dtype=torch.long))))
+    ids = probe_tokens(10, 3000)
+    assert ids.shape == (8, 10) and ids.min() >= 1000 and ids.max() < 3000
+    with torch.no_grad():
+        pre = model.up(model.emb(torch.from_numpy(ids))).reshape(-1, 24).numpy()
+    assert feats["act_missing"] == 0.0 and feats["act_sites"] == pytest.approx(math.log1p(1))
+    assert feats["act_vpca"] == pytest.approx(math.log1p(ks_from_features(pre.T)[0]))
+    space = get_space("transformer-small")
+    arch = space.decode("bert4-bert3-bert2-bert1")
+    real = activation_summary(load_onnx(export_architecture(space, arch).data))
+    assert real["act_missing"] == 0.0 and real["act_sites"] == pytest.approx(math.log1p(4)) and real["act_vpca"] > 0
 
 
 def test_feature_vector_marks_summaries_without_activation_features():

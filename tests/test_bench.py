@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from nas.harvest import harvest_jobs
+from nas.harvest import harvest_jobs, jobs_from_trials
 from nas.search import Search, SearchConfig
 from nas.tables import load_nb201_table
 from onnx_bench.bench import build, info, nb201_jobs, read_bench
@@ -77,6 +78,21 @@ def test_harvest_adds_trained_candidates_with_their_metrics(tmp_path: Path, data
     assert (frame["metric_budget_train_images"] == 64).all()
     again = build(harvest_jobs(run), tmp_path / "bench", workers=1)
     assert again.added == 0
+    # The same trials from their labels alone (what experiments.label_family keeps): the same records but for the
+    # ONNX file's weights (the activation features describe the seeded initialisation either way).
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    rows = [
+        {"number": str(r.number), "state": "COMPLETE", "arch": r.arch, "accuracy": str(r.accuracy)}
+        for r in trials.itertuples()
+    ]
+    relabelled = jobs_from_trials(config, rows, "run")
+    assert [j.weights for j in relabelled] == [None, None]
+    build(relabelled, tmp_path / "labels", workers=1)
+    other = read_bench(tmp_path / "labels").set_index("source").loc[frame["source"]]
+    for column in ("arch", "metric_accuracy", "params", "flops", "act_vpca", "text_compact"):
+        assert list(other[column]) == list(frame[column])
+    assert list(other["onnx_sha256"]) != list(frame["onnx_sha256"])  # trained weights against initial ones
+    assert {j.dataset for j in jobs_from_trials({**config, "space": "transformer-small"}, rows, "run")} == {"sst2"}
 
 
 def test_nb201_cells_of_another_data_set_are_a_family_of_their_own(tmp_path: Path, data_dir: Path):
