@@ -2,8 +2,9 @@
 leave-one-family-out table (`experiments.predictor_families`, whose raw result this script reads).
 
 Targets: NB201 records use the table's CIFAR-10 validation accuracy (200 epochs; CIFAR-100 and ImageNet16-120
-test accuracy for those families), NAS-Bench-Macro records the mean test accuracy of their 3 runs, the DARTS and
-NASNet cells labelled here the validation accuracy of their family's budget; ranking pairs are formed within each
+test accuracy for those families), NAS-Bench-Macro records the mean test accuracy of their 3 runs, the families
+labelled here (DARTS and NASNet cells, BigNAS children, transformer-small on SST-2) the validation accuracy of their
+family's budget; ranking pairs are formed within each
 (space, target) group only, so the scales are never compared. Writes
 ``predictors/default_predictor.safetensors`` and records its size, data and leave-one-family-out figures.
 """
@@ -35,6 +36,8 @@ BENCHES = [
     "runs/bench-nbmacro",
     "runs/bench-darts",
     "runs/bench-nasnet",
+    "runs/bench-bignas",
+    "runs/bench-transformer",
 ]
 
 app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
