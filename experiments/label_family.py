@@ -122,7 +122,7 @@ def main(
     pick = sorted(rows, key=lambda r: int(r["number"]))[:noise]
     cache_path = run_dir / "noise.json"
     cache: dict[str, float] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    space = get_space(family, **(config.get("space_options") or {}))
+    space = get_space(str(config["space"]), **(config.get("space_options") or {}))
     evaluator = TrainEvaluator(space, data_dir=data_dir, **dict(config.get("evaluator_options") or {}))
     start = time.perf_counter()
     for i, row in enumerate(pick):
