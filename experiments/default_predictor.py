@@ -4,9 +4,8 @@ leave-one-family-out table (`experiments.predictor_families`, whose raw result t
 Targets: NB201 records use the table's CIFAR-10 validation accuracy (200 epochs; CIFAR-100 and ImageNet16-120
 test accuracy for those families), NAS-Bench-Macro records the mean test accuracy of their 3 runs, the families
 labelled here (DARTS and NASNet cells, BigNAS children, transformer-small on SST-2) the validation accuracy of their
-family's budget; ranking pairs are formed within each
-(space, target) group only, so the scales are never compared. Writes
-``predictors/default_predictor.safetensors`` and records its size, data and leave-one-family-out figures.
+family's budget; ranking pairs are formed within each (space, target) group only, so the scales are never compared.
+Writes ``predictors/default_predictor.safetensors`` and records its size, data and leave-one-family-out figures.
 """
 
 from __future__ import annotations

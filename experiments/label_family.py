@@ -46,8 +46,11 @@ def budget_text(config: dict[str, Any]) -> str:
 def family_of(config: dict[str, Any]) -> str:
     """The family name `predictors.training.families` gives the run's records: the space, with its data set where
     that is not CIFAR-10."""
-    dataset = data_set_of(config)
-    return str(config["space"]) if dataset in ("cifar10", "") else f"{config['space']}-{dataset}"
+    import pandas as pd
+
+    from predictors.training import families
+
+    return str(families(pd.DataFrame({"space": [config["space"]], "dataset": [data_set_of(config)]}))[0])
 
 
 def rebuild(key: str, bench: str, workers: int) -> None:

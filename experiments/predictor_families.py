@@ -315,8 +315,8 @@ def main(
             cache = Path("runs") / "naswot-onnx.json"
             nw = naswot_scores(data, family, naswot_sample, data_dir, cache)
             keys = (family + "|" + part.frame["arch"].astype(str)).to_numpy()
-            mask = np.asarray([np.isfinite(nw.get(k, np.nan)) for k in keys])  # a failed proxy is left out
             vals = np.asarray([nw.get(k, np.nan) for k in keys], dtype=float)
+            mask = np.isfinite(vals)  # networks outside the sample, and failed proxies, are left out
             base[f"naswot (onnxruntime, {int(mask.sum())} networks)"] = kendall_tau(vals[mask], y[mask])
             base_rho[f"naswot (onnxruntime, {int(mask.sum())} networks)"] = spearman_rho(vals[mask], y[mask])
         results["baselines"][family] = {"tau": base, "rho": base_rho}
