@@ -6,7 +6,7 @@ to the model's input size), so the features need no data set and are the same on
 (one integer input of token ids, batch x length, read by a Gather of an embedding table) gets 8 sequences of
 seeded random ids instead (`probe_tokens`): at initialisation the embedding rows are random, so random ids stand
 for text as well as real sentences would, and the FFN pre-activations are the W-PCA paper's sites. At every PCA
-site (the distinct inputs of each Relu/Gelu/erf-GELU: `find_sites`) the samples x
+site (the distinct inputs of each rectifier-like activation, swish and GELU: `find_sites`) the samples x
 features matrix ((batch * pixels or tokens) x channels) gives the eigenvalues of its covariance; per site, k(eta)
 is the smallest number of principal components holding eta of the variance. Features:
 
@@ -15,7 +15,7 @@ is the smallest number of principal components holding eta of the variance. Feat
 - ``act_rank_share``: mean over sites of k(0.99) / width (how much of each layer's width is used);
 - ``act_sites``: log1p of the number of sites;
 - ``act_missing``: 1 when the statistics could not be computed (no image or token input: 1-D signals, several
-  inputs; no Relu/Gelu; a runtime error), in which case the others are 0.
+  inputs; no activation site; a runtime error), in which case the others are 0.
 
 The file's own weights are used: a predictor sees what a freshly initialised network computes, so score
 untrained files (the bench exports every architecture with seeded initial weights).
@@ -46,23 +46,57 @@ _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
+RECTIFIERS = ("Relu", "LeakyRelu", "HardSwish", "Elu", "Selu", "Celu", "Mish")  # output > 0 exactly where input > 0
+GATES = ("Sigmoid", "HardSigmoid")  # x * gate(x): SiLU / swish and the decomposed hard-swish
+
+
 @dataclass
 class OnnxSites:
-    """Where a graph's activations are read: the outputs of every ``Relu`` (binary codes) and the distinct
-    pre-activations of every ``Relu``/``Gelu`` and of the exporter's erf-GELU pattern (PCA sites)."""
+    """Where a graph's activations are read: the outputs of every rectifier-like activation (positive exactly
+    where its input is: Relu, LeakyRelu, ReLU6 as a Clip from 0, HardSwish, ELUs, Mish, and swish written as
+    ``x * Sigmoid(x)``), whose signs are the binary codes, and the distinct pre-activations of those, of every
+    ``Gelu`` and of the exporter's erf-GELU pattern (PCA sites)."""
 
     relu_outputs: list[str] = field(default_factory=list)
     pre_activations: list[str] = field(default_factory=list)
 
 
+def _clip_floor(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float | None:
+    """A ``Clip``'s lower bound where it is a constant (an attribute in old opsets, an input since opset 11)."""
+    for attr in node.attribute:
+        if attr.name == "min":
+            return float(attr.f)
+    if len(node.input) > 1 and node.input[1] in constants:
+        values = onnx.numpy_helper.to_array(constants[node.input[1]]).reshape(-1)
+        return float(values[0]) if values.size == 1 else None
+    return None
+
+
+def _swish_input(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> str | None:
+    """x where ``node`` is ``Mul(x, gate(x))`` for a sigmoid gate (SiLU / swish); None for any other Mul (an SE
+    block's ``Mul(x, Sigmoid(f(x)))`` gates by another tensor and is not an activation)."""
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    for ours, other in (node.input, node.input[::-1]):
+        gate = producers.get(other)
+        if gate is not None and gate.op_type in GATES and gate.input[0] == ours:
+            return ours
+    return None
+
+
 def find_sites(model: onnx.ModelProto) -> OnnxSites:
     producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
     sites = OnnxSites()
     for node in model.graph.node:
-        if node.op_type == "Relu":
+        rectifier = node.op_type in RECTIFIERS or (node.op_type == "Clip" and _clip_floor(node, constants) == 0.0)
+        pre = node.input[0] if rectifier else _swish_input(node, producers)
+        if pre is not None:
             sites.relu_outputs.append(node.output[0])
-        pre = None
-        if node.op_type in ("Relu", "Gelu"):
+        elif node.op_type == "Gelu":
             pre = node.input[0]
         elif node.op_type == "Erf":  # x * 0.5 * (1 + erf(x / sqrt(2))): the pre-activation is x
             src = producers.get(node.input[0])

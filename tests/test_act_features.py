@@ -70,6 +70,37 @@ def test_vpca_feature_matches_the_torch_proxy_on_the_probe_batch():
     assert activation_summary(dynamic) == pytest.approx(feats)
 
 
+def test_swish_relu6_and_hardswish_networks_get_the_same_sites_in_onnx_and_torch():
+    """Mobile-style activations (SiLU, ReLU6, Hardswish, LeakyReLU) are PCA sites and naswot codes alike in the
+    exported file and in the torch proxies, and a squeeze-excite gate (x * sigmoid(f(x))) is not an activation."""
+    from predictors.proxies.onnx_act import onnx_proxies
+
+    class Mobile(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(c, 8, 3, padding=1) for c in (3, 8, 8, 8))
+            self.acts = nn.ModuleList([nn.SiLU(), nn.ReLU6(), nn.Hardswish(), nn.LeakyReLU(0.1)])
+            self.squeeze, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for conv, act in zip(self.convs, self.acts, strict=True):
+                x = act(conv(x))
+            x = x * torch.sigmoid(self.squeeze(x.mean((2, 3), keepdim=True)))  # SE gate
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Mobile().eval()
+    proto = load_onnx(export_bytes(model, (3, 16, 16)), check=False)
+    feats = activation_summary(proto)
+    batch = ProxyBatch(torch.from_numpy(probe_batch(3, 16, 16)), torch.zeros(8, dtype=torch.long), 10)
+    config = ProxyConfig(batch_size=8, train_mode=False)
+    ours = compute_proxies(model, ["vpca", "naswot"], batch, config)
+    assert feats["act_missing"] == 0.0 and feats["act_sites"] == pytest.approx(math.log1p(4))
+    assert feats["act_vpca"] == pytest.approx(math.log1p(ours["vpca"]))
+    onnx_values, _ = onnx_proxies(proto, ["vpca", "naswot"], config)
+    assert onnx_values["vpca"] == ours["vpca"] and onnx_values["naswot"] == pytest.approx(ours["naswot"], rel=1e-6)
+
+
 def test_features_differ_between_architectures_and_are_missing_without_images():
     from onnx_bench.export import export_architecture
     from search_spaces import get_space

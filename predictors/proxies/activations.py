@@ -1,4 +1,5 @@
-"""One forward pass serves every activation proxy: ReLU codes for naswot, PCA sites for vpca and wpca."""
+"""One forward pass serves every activation proxy: the codes of rectifier-like activations for naswot, PCA sites
+for vpca and wpca."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from torch import nn
 
 from predictors.proxies import Context, ProxyError, mode
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU)
+# positive exactly where their input is (the ONNX side's `onnx_bench.activations.RECTIFIERS`, ReLU6 and swish)
+RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish)
+ACTIVATIONS = (*RECTIFIERS, nn.GELU)
 
 
 @dataclass
@@ -65,7 +68,7 @@ def _collect(model: nn.Module, inputs: torch.Tensor, train: bool) -> Activations
 
     handles = []
     for m in model.modules():
-        if isinstance(m, (nn.ReLU, nn.ReLU6)):
+        if isinstance(m, RECTIFIERS):
             handles.append(m.register_forward_hook(relu_hook))
         if isinstance(m, ACTIVATIONS) and not site_modules:
             handles.append(m.register_forward_pre_hook(pre_hook))
