@@ -47,6 +47,8 @@ PROXIES = ("#params", "FLOPs", "V-PCA")  # the single training-free rankings the
 TITLE = "Zero-shot across families: leave-one-family-out"
 
 RANK_SHARE = {"prior_features": ("log_params", "log_flops", "act_vpca", "act_rank_share"), "prior_fit": "all"}
+# FLOPs and V-PCA only: #params misses where a network spends compute (NAS-Bench-Macro's stride positions)
+COMPUTE = {"prior_features": ("log_flops", "act_vpca")}
 # name -> (description, options, needs the text embedding)
 SMALL = {"hidden": (16,), "weight_decay": 0.1}  # a small, strongly regularised MLP: less room for family quirks
 UNIVERSAL = {"core_weight": 1.0, "core_view": "universal", **SMALL}
@@ -93,6 +95,27 @@ RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
         "prior + residual of small MLPs on scale and activation features, its weight chosen by an inner "
         "leave-one-family-out",
         {**UNIVERSAL, "prior": True},
+        False,
+    ),
+    "prior@compute": (
+        "the monotone prior alone on log-FLOPs and V-PCA (no #params), fitted to the worst reproducible family",
+        {**UNIVERSAL, "prior": True, "residual_weight": 0.0, **COMPUTE},
+        False,
+    ),
+    "prior+graph-universal@compute": (
+        "that prior + residual of small MLPs on scale and activation features, weight chosen by an inner "
+        "leave-one-family-out",
+        {**UNIVERSAL, "prior": True, **COMPUTE},
+        False,
+    ),
+    "prior+graph-universal@compute-0.5": (
+        "that prior + residual of small MLPs on scale and activation features, residual weight fixed at 0.5",
+        {**UNIVERSAL, "prior": True, "residual_weight": 0.5, **COMPUTE},
+        False,
+    ),
+    "prior+graph-universal@compute-1": (
+        "that prior + residual of small MLPs on scale and activation features, residual weight fixed at 1",
+        {**UNIVERSAL, "prior": True, "residual_weight": 1.0, **COMPUTE},
         False,
     ),
     "prior+graph-universal@1": (
