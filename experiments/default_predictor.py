@@ -83,6 +83,8 @@ def main(
     seconds = time.perf_counter() - start
     pred = Predictor.load(out)
     data = pred.meta["training_data"]
+    data["bench"] = ",".join(benches)  # the directories it read, not the temporary folder of links to them
+    pred.save(out)
     size = Path(out).stat().st_size / 2**20
     figures = lofo["recipes"][recipe]["families"]
     judged = verdict(lofo, recipe)

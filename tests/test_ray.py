@@ -100,6 +100,7 @@ def kill_node(cluster, node) -> None:
     cluster.remove_node(node, allow_graceful=False)
 
 
+@pytest.mark.slow  # a second Ray node started and killed, ~18 s: the default suite stays within its bound
 def test_killed_worker_node_loses_no_trial(tmp_path: Path, data_dir: Path, nb201_csv: Path):
     from ray.cluster_utils import Cluster
 

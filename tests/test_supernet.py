@@ -36,6 +36,7 @@ def test_recalibration_changes_running_statistics_and_nothing_else():
     assert any(k.endswith("running_mean") for k in changed)
 
 
+@pytest.mark.slow  # three supernet trainings in subprocesses, ~28 s: the default suite stays within its bound
 def test_spos_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, data_dir: Path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ("supernet", "train", *TINY, "--epochs", "2", "--batch-size", "32", "--data-dir", str(data_dir))
