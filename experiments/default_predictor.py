@@ -10,11 +10,8 @@ Writes ``predictors/default_predictor.safetensors`` and records its size, data a
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +22,6 @@ import typer
 from experiments.predictor_families import RECIPES, TARGETS, verdict
 from experiments.record import load_numbers, record
 from predictors.predictor import Predictor
-from predictors.training import FAMILY_FILE, family_info
 from predictors.zero_shot import default_predictor_path
 
 BENCHES = [
@@ -57,13 +53,10 @@ def main(
     if recipe not in RECIPES:
         raise typer.BadParameter(f"{recipe!r} is not one of {', '.join(sorted(RECIPES))}", param_hint="'--recipe'")
     lofo = load_numbers(families)  # the same head settings as its table
-    combined = Path(tempfile.mkdtemp(prefix="nas-default-bench-"))
-    for i, bench in enumerate(benches):
-        for shard in sorted(Path(bench).glob("records-*.parquet")):
-            (combined / f"records-{i}-{shard.name.removeprefix('records-')}").symlink_to(shard.resolve())
-    (combined / FAMILY_FILE).write_text(json.dumps(family_info(benches)))  # every family's noise ceiling
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "nas", "predictor", "train", "--bench", str(combined)]
+    cmd = [sys.executable, "-m", "nas", "predictor", "train"]
+    for bench in benches:
+        cmd += ["--bench", bench]
     cmd += ["--target", TARGETS, "--out", out, "--ensemble", str(lofo["args"]["ensemble"])]
     cmd += ["--max-steps", str(lofo["args"]["max_steps"])]
     label, variant, needs_text = RECIPES[recipe]
@@ -77,14 +70,11 @@ def main(
         else:
             cmd += [flag, ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    shutil.rmtree(combined)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
     seconds = time.perf_counter() - start
     pred = Predictor.load(out)
     data = pred.meta["training_data"]
-    data["bench"] = ",".join(benches)  # the directories it read, not the temporary folder of links to them
-    pred.save(out)
     size = Path(out).stat().st_size / 2**20
     figures = lofo["recipes"][recipe]["families"]
     judged = verdict(lofo, recipe)

@@ -67,16 +67,17 @@ def load_bench_data(
     columns (``cifar10_valid_acc,accuracy``): each record takes the first one it has a value for. ``bench`` may
     be several bench directories; without ``embed`` the embeddings are empty (graph-features-only heads)."""
     benches = [bench] if isinstance(bench, str | Path) else list(bench)
+    name = ", ".join(str(b) for b in benches)
     frame = pd.concat([read_bench(b) for b in benches], ignore_index=True)
     if frame.empty:
-        raise UserInputError(f"bench {bench} holds no records")
+        raise UserInputError(f"bench {name} holds no records")
     info = family_info(benches)
     frame["noise_tau"] = [info.get(f, {}).get("noise_tau", np.nan) for f in families(frame)]
     if space is not None:
         spaces = sorted(frame["space"].unique())
         frame = frame[frame["space"] == space]
         if frame.empty:
-            raise UserInputError(f"bench {bench} has no records of space {space!r}; it has {', '.join(spaces)}")
+            raise UserInputError(f"bench {name} has no records of space {space!r}; it has {', '.join(spaces)}")
     wanted = [t.strip() for t in target.split(",") if t.strip()]
     if not wanted:
         raise UserInputError(f"no target column in {target!r}")

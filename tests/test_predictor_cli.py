@@ -111,14 +111,18 @@ def test_train_bad_inputs(bench: Path, tmp_path: Path):
 
 
 def test_train_with_the_prior_from_the_command_line(bench: Path, tmp_path: Path):
-    out = tmp_path / "prior.safetensors"
+    import shutil
+
+    out, again = tmp_path / "prior.safetensors", shutil.copytree(bench, tmp_path / "again")
     proc = nas(
-        "predictor", "train", "--bench", str(bench), "--target", "cifar10_valid_acc", "--out", str(out),
-        "--prior", "--no-embedding", "--core-view", "universal", "--core-weight", "1", "--hidden", "16",
-        "--ensemble", "1", "--epochs", "20",
+        "predictor", "train", "--bench", str(bench), "--bench", str(again), "--target", "cifar10_valid_acc",
+        "--out", str(out), "--prior", "--no-embedding", "--core-view", "universal", "--core-weight", "1",
+        "--hidden", "16", "--ensemble", "1", "--epochs", "20",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     pred = Predictor.load(out)
+    # --bench repeats: the records of both directories, and the file names both
+    assert pred.meta["training_data"]["records"] == 80 and pred.meta["training_data"]["bench"] == f"{bench},{again}"
     assert pred.head.prior is not None and len(pred.meta["prior"]["weights"]) == 3
     # one family (NB201 only): no out-of-family evidence, the residual keeps its full weight
     assert pred.meta["prior"]["residual_choice"]["chosen"] == 1.0 == pred.head.residual_weight

@@ -27,7 +27,9 @@ def _widths(text: str) -> tuple[int, ...]:
 
 @predictor_app.command("train")
 def predictor_train(
-    bench: Annotated[Path, typer.Option(help="Bench directory (nas bench build / harvest).")],
+    bench: Annotated[
+        list[Path], typer.Option(help="Bench directory (nas bench build / harvest); repeat it to train on several.")
+    ],
     target: Annotated[str, typer.Option(help="Metric column to predict, e.g. cifar10_valid_acc.")],
     out_file: Annotated[Path, typer.Option("--out", help="Predictor file to write (.safetensors).")],
     space: Annotated[str | None, typer.Option(help="Only records of this space.")] = None,
@@ -145,7 +147,13 @@ def predictor_train(
         enc = Encoder(str(encoder_dir))
         data = load_bench_data(bench, target, space=space, text_format=text_format, encoder=enc, show_progress=True)
     predictor = fit(
-        data, train_idx, options, encoder_name=enc.name, text_format=text_format, held_out=held_out, bench=str(bench)
+        data,
+        train_idx,
+        options,
+        encoder_name=enc.name,
+        text_format=text_format,
+        held_out=held_out,
+        bench=",".join(str(b) for b in bench),
     )
     predictor.save(out_file)
     figures = predictor.meta.get("evaluation", {}).get("held_out")
